@@ -1,0 +1,278 @@
+"""Per-image outputs beside the labels: ImageJ ROI zip, GeoJSON, outline overlay, measurements.
+
+Polygon coordinates are in pixel-edge units, the convention of both ImageJ and QuPath: pixel
+(y, x) covers [x, x + 1) x [y, y + 1), so its centre is at (x + 0.5, y + 0.5). Each outline is
+the marching-squares contour (level 0.5) of the object's mask, so it passes half-way between
+the object's boundary pixels and their outside neighbours: every object pixel centre lies
+inside it, every other pixel centre outside (up to diagonal-only touches and holes).
+"""
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import roifile
+import tifffile
+from PIL import Image as PILImage
+from scipy import ndimage as ndi
+from skimage import measure as skmeasure
+from skimage.segmentation import find_boundaries
+
+from .preprocess import normalize_percentile
+
+SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter")
+MAP_CHANNEL_NAMES = {
+    "flow": ["prob", "dy", "dx"],
+    "boundary": ["fg", "boundary"],
+}
+
+
+@contextlib.contextmanager
+def _atomic_path(path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` on success, remove it on error."""
+    # TODO: switch to cellvit_cli.io.atomic_path once io.py lands.
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# ---- outlines -------------------------------------------------------------------------------
+
+def iter_outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (label, xy) per object: xy float64 (N, 2) closed ring, pixel-edge x then y.
+
+    labels: (Y, X) int. The ring is the longest contour of the object (its outer boundary;
+    holes and detached fragments are dropped); the first point is repeated at the end.
+    """
+    for index, slices in enumerate(ndi.find_objects(labels)):
+        if slices is None:
+            continue
+        label = index + 1
+        mask = np.pad(labels[slices] == label, 1)
+        contours = skmeasure.find_contours(mask.astype(np.uint8), 0.5, fully_connected="high")
+        ring = max(contours, key=len)
+        offset = np.array([slices[0].start, slices[1].start]) - 1 + 0.5
+        yield label, (ring + offset)[:, ::-1]
+
+
+def _signed_area(xy: np.ndarray) -> float:
+    """Shoelace area of a closed ring (N, 2); positive when counter-clockwise in (x, y)."""
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def _cell_name(label: int) -> str:
+    return f"cell_{label:04d}"
+
+
+# ---- ImageJ ROI zip ---------------------------------------------------------------------------
+
+def write_roi_zip(labels: np.ndarray, path) -> None:
+    """Write one ImageJ polygon ROI per object (named cell_0001, ...) into a zip for Fiji.
+
+    labels: (Y, X) int. Empty labels give an empty zip.
+    """
+    with _atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for label, xy in iter_outlines(labels):
+            roi = roifile.ImagejRoi.frompoints(xy[:-1], name=_cell_name(label))
+            roi.roitype = roifile.ROI_TYPE.POLYGON
+            zf.writestr(f"{roi.name}.roi", roi.tobytes())
+
+
+# ---- GeoJSON ----------------------------------------------------------------------------------
+
+def write_geojson(labels: np.ndarray, path, pixel_size=None, object_type: str = "detection",
+                  classification: str | None = None) -> None:
+    """Write a GeoJSON FeatureCollection, one Polygon per object, as QuPath imports it.
+
+    labels: (Y, X) int. Coordinates are pixels (x, y), exterior rings closed and
+    counter-clockwise. Properties: objectType ("detection" or "annotation"), name, label,
+    area (pixels), area_um2 when pixel_size (um, y then x) is given, and classification
+    ({"name": ...}) when given.
+    """
+    areas = np.bincount(labels.ravel()) if labels.size else np.zeros(1, np.int64)
+    features = [_feature(label, xy, int(areas[label]), pixel_size, object_type, classification)
+                for label, xy in iter_outlines(labels)]
+    collection = {"type": "FeatureCollection", "features": features}
+    with _atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection, separators=(",", ":")))
+
+
+def _feature(label, xy, area, pixel_size, object_type, classification) -> dict:
+    if _signed_area(xy) < 0:
+        xy = xy[::-1]
+    properties = {"objectType": object_type, "name": _cell_name(label), "label": label,
+                  "area": area}
+    if pixel_size is not None:
+        properties["area_um2"] = area * float(pixel_size[0]) * float(pixel_size[1])
+    if classification is not None:
+        properties["classification"] = {"name": classification}
+    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in xy]
+    return {"type": "Feature", "id": _cell_name(label),
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": properties}
+
+
+# ---- overlay PNG ------------------------------------------------------------------------------
+
+def write_overlay(image: np.ndarray, labels: np.ndarray, path) -> None:
+    """Write an RGB uint8 PNG of the image with each object's outline in its own colour.
+
+    image: (Y, X) or (C, Y, X) any real dtype, percentile-normalised per channel; one channel
+    is shown grey, two as red/green, three or more as RGB of the first three.
+    labels: (Y, X) int, same Y, X. Outline pixels are the objects' inner boundary pixels.
+    """
+    rgb = overlay_rgb(image, labels)
+    with _atomic_path(path) as tmp:
+        PILImage.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The overlay of `write_overlay` as a (Y, X, 3) uint8 array."""
+    rgb = _image_to_rgb(image)
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and labels {labels.shape} differ in shape")
+    outline = find_boundaries(labels, mode="inner")
+    rgb[outline] = label_colours(labels[outline])
+    return rgb
+
+
+def _image_to_rgb(image: np.ndarray) -> np.ndarray:
+    """(Y, X) or (C, Y, X) -> (Y, X, 3) uint8, percentile-normalised and clipped."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[None]
+    grey = np.clip(normalize_percentile(image[:3]), 0, 1)
+    grey = (grey * 255 + 0.5).astype(np.uint8)
+    if len(grey) == 1:
+        return np.repeat(grey[0][..., None], 3, axis=-1)
+    rgb = np.zeros(grey.shape[1:] + (3,), np.uint8)
+    rgb[..., : len(grey)] = np.moveaxis(grey, 0, -1)
+    return rgb
+
+
+def label_colours(values: np.ndarray) -> np.ndarray:
+    """Saturated colours (N, 3) uint8 for label values (N,), stable per label (golden-ratio hues)."""
+    hue = (np.asarray(values, np.float64) * 0.618033988749895) % 1.0
+    sector = hue * 6.0
+    # Full-saturation, full-value HSV -> RGB: each channel is a clipped triangle wave in hue.
+    channels = [np.clip(np.abs((sector + shift) % 6.0 - 3.0) - 1.0, 0.0, 1.0)
+                for shift in (0.0, 4.0, 2.0)]
+    return (np.stack(channels, axis=-1) * 255 + 0.5).astype(np.uint8)
+
+
+# ---- measurements CSV -------------------------------------------------------------------------
+
+def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size=None,
+            shape_features: bool = True) -> dict[str, np.ndarray]:
+    """Per-object measurements as columns of equal length (one row per object, by label).
+
+    labels: (Y, X) int; image: (Y, X) or (C, Y, X) raw intensities, or None. Columns: label,
+    centroid_y, centroid_x, area (pixels), bbox_y0, bbox_x0, bbox_y1, bbox_x1 (end exclusive),
+    mean_intensity_c<k> per channel, eccentricity, solidity, perimeter (pixels) when
+    `shape_features`; area_um2 (and perimeter_um) when pixel_size (um, y then x) is given.
+    """
+    intensity = None if image is None else np.moveaxis(_as_cyx(image), 0, -1)
+    properties = ["label", "centroid", "area", "bbox"]
+    properties += ["intensity_mean"] if intensity is not None else []
+    properties += list(SHAPE_PROPERTIES) if shape_features else []
+    table = skmeasure.regionprops_table(labels, intensity_image=intensity,
+                                        properties=properties)
+    columns = _rename(table, n_channels=0 if intensity is None else intensity.shape[-1])
+    if pixel_size is not None:
+        py, px = (float(s) for s in pixel_size)
+        columns["area_um2"] = columns["area"] * py * px
+        if "perimeter" in columns:
+            columns["perimeter_um"] = columns["perimeter"] * np.sqrt(py * px)
+    return columns
+
+
+def _as_cyx(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    return image[None] if image.ndim == 2 else image
+
+
+def _rename(table: dict, n_channels: int) -> dict[str, np.ndarray]:
+    """regionprops_table names -> ours, in a fixed column order."""
+    names = {"label": "label", "centroid-0": "centroid_y", "centroid-1": "centroid_x",
+             "area": "area", "bbox-0": "bbox_y0", "bbox-1": "bbox_x0",
+             "bbox-2": "bbox_y1", "bbox-3": "bbox_x1"}
+    if n_channels == 1:
+        names["intensity_mean"] = "mean_intensity_c0"
+    names |= {f"intensity_mean-{c}": f"mean_intensity_c{c}" for c in range(n_channels)}
+    names |= {p: p for p in SHAPE_PROPERTIES}
+    columns = {ours: np.asarray(table[theirs]) for theirs, ours in names.items()
+               if theirs in table}
+    columns["area"] = columns["area"].astype(np.int64)
+    return columns
+
+
+def write_measurements(labels: np.ndarray, image: np.ndarray | None, path, pixel_size=None,
+                       shape_features: bool = True) -> None:
+    """Write `measure(...)` as a CSV with a header row; empty labels give the header only."""
+    columns = measure(labels, image, pixel_size, shape_features)
+    with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in zip(*columns.values()):
+            writer.writerow(_format(v) for v in row)
+
+
+def _format(value) -> str:
+    if isinstance(value, (np.integer, int)):
+        return str(int(value))
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")
+
+
+# ---- dense maps -------------------------------------------------------------------------------
+
+def map_channel_names(head: str, n_channels: int) -> list[str]:
+    """Channel names of a head's map (architecture.md's layout), e.g. star: prob, dist_0, ..."""
+    if head == "star":
+        return ["prob"] + [f"dist_{k}" for k in range(n_channels - 1)]
+    names = MAP_CHANNEL_NAMES.get(head, [])
+    return names if len(names) == n_channels else [f"{head}_{k}" for k in range(n_channels)]
+
+
+def maps_path(path, head: str) -> Path:
+    """Where `write_maps(maps, path)` puts `head`: <path without .tif>_<head>.tif."""
+    path = Path(path)
+    stem = path.name[:-4] if path.name.lower().endswith(".tif") else path.name
+    return path.with_name(f"{stem}_{head}.tif")
+
+
+def write_maps(maps: dict[str, np.ndarray], path) -> list[Path]:
+    """Write each head's dense map as its own float32 ImageJ hyperstack TIFF (axes CYX).
+
+    maps: {head: float32 (C, Y, X)}; path: e.g. OUT/img_maps.tif, giving OUT/img_maps_star.tif,
+    ... (see `maps_path`). Channel names are stored as ImageJ slice labels. Returns the paths.
+    """
+    written = []
+    for head, data in maps.items():
+        data = np.asarray(data, dtype=np.float32)
+        target = maps_path(path, head)
+        with _atomic_path(target) as tmp:
+            _write_float_stack(tmp, data, map_channel_names(head, data.shape[0]))
+        written.append(target)
+    return written
+
+
+def _write_float_stack(path, data: np.ndarray, names: list[str]) -> None:
+    """float32 (C, Y, X) -> ImageJ hyperstack TIFF; plain BigTIFF beyond ImageJ's 4 GB."""
+    if data.nbytes < 2**32 - 2**25:
+        tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX", "Labels": names})
+    else:
+        tifffile.imwrite(path, data, bigtiff=True, metadata={"axes": "CYX", "channels": names})
