@@ -1,0 +1,282 @@
+"""Read microscopy TIFFs as (C, Y, X) with their pixel size; write label images atomically.
+
+Every problem with an input file is raised as `InputError`, whose message is one line
+naming the file. Input files are only ever opened for reading.
+"""
+
+import contextlib
+import os
+import secrets
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+# What reading a damaged file raises: tifffile's own error (a ValueError), short reads
+# (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
+_READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
+_UNIT_TO_UM = {
+    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0, "micron": 1.0,
+    "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "mm": 1e3,
+    "cm": 1e4, "m": 1e6, "\u00c5": 1e-4, "angstrom": 1e-4,
+}
+_RESUNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+_MAX_INCH_PIXEL_UM = 25.0  # coarser "dpi" pixel sizes are display defaults (72 dpi), not optics
+_MAX_CHANNELS = 8
+
+
+class InputError(ValueError):
+    """A bad input file; str(err) is the one line "<path>: <problem>"."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+@dataclass
+class Image:
+    """A TIFF image as read.
+
+    data: (C, Y, X) in the file's dtype (a read-only memory map where the file allows);
+    axes: the axes tifffile found in the file (e.g. 'YX', 'YXS', 'CYX');
+    pixel_size: (y, x) in micrometres, or None when the file does not say.
+    """
+
+    path: Path
+    data: np.ndarray
+    axes: str
+    pixel_size: tuple[float, float] | None
+
+
+def read_image(path, channel: int | None = None) -> Image:
+    """Read a 2D TIFF, grey or multi-channel, as (C, Y, X); `channel` keeps one (0-based).
+
+    Raises InputError for a missing, non-TIFF, corrupt or empty file, NaN/inf pixels,
+    non-numeric data, 3D stacks and time series, and an out-of-range `channel`.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(path, "the TIFF holds no image")
+            series = tif.series[0]
+            shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
+            pixel_size = _pixel_size(tif)
+            raw = _read_pixels(path, tif, series)
+    except InputError:
+        raise
+    except _READ_ERRORS as err:
+        raise InputError(path, f"cannot read TIFF: {err}") from err
+    _check_pixels(path, raw, dtype)
+    data = _to_cyx(path, raw, shape, axes)
+    if channel is not None:
+        data = _select_channel(path, data, channel)
+    _check_finite(path, data)
+    return Image(path, data, axes, pixel_size)
+
+
+def read_labels(path) -> np.ndarray:
+    """Read an instance label image: (Y, X) int32, or uint32 if values exceed int32.
+
+    Raises InputError unless the file holds one channel of non-negative integers.
+    """
+    image = read_image(path)
+    data = image.data
+    if data.shape[0] != 1:
+        raise InputError(path, f"a label image needs one channel, got shape {data.shape} "
+                               f"(C, Y, X) from axes '{image.axes}'")
+    if not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
+        raise InputError(path, f"labels must be integers, got {data.dtype}")
+    labels = data[0]
+    if labels.dtype == bool:
+        return labels.astype(np.int32)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise InputError(path, f"labels must be non-negative, found {low}")
+    if high > np.iinfo(np.uint32).max:
+        raise InputError(path, f"label {high} does not fit in uint32")
+    dtype = np.int32 if high <= np.iinfo(np.int32).max else np.uint32
+    return np.array(labels, dtype=dtype)
+
+
+def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None
+                 ) -> None:
+    """Write (Y, X) non-negative integer labels as a zlib-compressed TIFF, atomically.
+
+    uint16 when the largest label fits, else uint32. `pixel_size` (y, x) in micrometres
+    is stored as resolution tags (plus ImageJ's unit 'um' for uint16), so `read_image`
+    gives it back.
+    """
+    labels = _checked_labels(path, labels)
+    dtype = np.uint16 if labels.size == 0 or labels.max() <= 65535 else np.uint32
+    options = {"compression": "zlib"}
+    if dtype == np.uint16:
+        options["imagej"] = True
+    if pixel_size is not None:
+        options |= _resolution_options(pixel_size, imagej=dtype == np.uint16)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(dtype, copy=False), **options)
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); rename it onto `path` on success.
+
+    On an exception the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a TIFF file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file, not a TIFF")
+
+
+def _read_pixels(path: Path, tif: tifffile.TiffFile, series) -> np.ndarray:
+    """The series' pixels: a read-only memory map when stored uncompressed and contiguous."""
+    if series.dataoffset is not None:
+        with contextlib.suppress(ValueError, OSError):
+            return tifffile.memmap(path, mode="r", series=0)
+    return series.asarray()
+
+
+def _check_pixels(path: Path, raw: np.ndarray, dtype: np.dtype) -> None:
+    if raw.size == 0:
+        raise InputError(path, f"zero-sized image: shape {raw.shape}")
+    if dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported pixel type {dtype}")
+
+
+def _check_finite(path: Path, data: np.ndarray, rows: int = 1024) -> None:
+    """Raise if float data hold NaN or inf (checked in row blocks to bound memory)."""
+    if data.dtype.kind != "f":
+        return
+    for start in range(0, data.shape[1], rows):
+        if not np.isfinite(data[:, start:start + rows]).all():
+            raise InputError(path, "image contains NaN or infinite pixels")
+
+
+def _to_cyx(path: Path, raw: np.ndarray, shape: tuple, axes: str) -> np.ndarray:
+    """Move the channel axis first; (Y, X) becomes (1, Y, X)."""
+    raw = raw.reshape(shape)
+    if raw.ndim == 2:
+        return raw[np.newaxis]
+    channel_axis = _channel_axis(shape, axes)
+    if channel_axis is None:
+        raise InputError(path, f"not supported yet: shape {shape} axes '{axes}' "
+                               "(3D stacks and time series)")
+    return np.moveaxis(raw, channel_axis, 0)
+
+
+def _channel_axis(shape: tuple, axes: str) -> int | None:
+    """Index of the channel axis of a 3D array, or None if it is a stack/time series."""
+    if len(shape) != 3 or any(letter in axes for letter in "ZT"):
+        return None
+    for letter in "SC":
+        if letter in axes:
+            return axes.index(letter)
+    for axis in (0, 2):
+        others = [n for i, n in enumerate(shape) if i != axis]
+        small = shape[axis] <= 4 or (shape[axis] <= _MAX_CHANNELS
+                                     and all(shape[axis] * 4 <= n for n in others))
+        if small and shape[axis] <= min(others):
+            return axis
+    return None
+
+
+def _select_channel(path: Path, data: np.ndarray, channel: int) -> np.ndarray:
+    n = data.shape[0]
+    if not 0 <= channel < n:
+        raise InputError(path, f"channel {channel} out of range: the image has {n} "
+                               f"channel(s), numbered from 0")
+    return data[channel:channel + 1]
+
+
+def _pixel_size(tif: tifffile.TiffFile) -> tuple[float, float] | None:
+    """(y, x) in um from OME-XML, else ImageJ unit + resolution, else resolution tags."""
+    page = tif.pages.first
+    if tif.is_ome and tif.ome_metadata:
+        size = _ome_pixel_size(tif.ome_metadata)
+        if size is not None:
+            return size
+    if tif.is_imagej and tif.imagej_metadata:
+        unit = str(tif.imagej_metadata.get("unit", "")).strip().lower()
+        if unit in _UNIT_TO_UM:
+            return _resolution_pixel_size(page, _UNIT_TO_UM[unit])
+    resunit = int(page.tags.valueof("ResolutionUnit", 1))
+    if resunit not in _RESUNIT_TO_UM:
+        return None
+    size = _resolution_pixel_size(page, _RESUNIT_TO_UM[resunit])
+    if size is not None and resunit == 2 and max(size) > _MAX_INCH_PIXEL_UM:
+        return None
+    return size
+
+
+def _resolution_pixel_size(page, unit_um: float) -> tuple[float, float] | None:
+    """Pixel size from the X/YResolution tags (pixels per unit) times the unit in um."""
+    sizes = []
+    for name in ("YResolution", "XResolution"):
+        value = page.tags.valueof(name)
+        if value is None:
+            return None
+        numerator, denominator = value if isinstance(value, tuple) else (value, 1)
+        if not numerator or not denominator:
+            return None
+        sizes.append(unit_um * denominator / numerator)
+    return sizes[0], sizes[1]
+
+
+def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
+    """PhysicalSizeY/X of the first OME Pixels element, in um (None if absent or odd)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return None
+    sizes = []
+    for axis in ("Y", "X"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m").strip().lower()
+        if value is None or unit not in _UNIT_TO_UM:
+            return None
+        sizes.append(float(value) * _UNIT_TO_UM[unit])
+    return (sizes[0], sizes[1]) if min(sizes) > 0 else None
+
+
+def _checked_labels(path, labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"{path}: labels must be a non-empty (Y, X) array, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+    if labels.min() < 0 or labels.max() > np.iinfo(np.uint32).max:
+        raise ValueError(f"{path}: labels must be in 0..{np.iinfo(np.uint32).max}")
+    return labels
+
+
+def _resolution_options(pixel_size: tuple[float, float], imagej: bool) -> dict:
+    """tifffile.imwrite options storing `pixel_size` (y, x) um."""
+    size_y, size_x = (float(s) for s in pixel_size)
+    if not (size_y > 0 and size_x > 0 and np.isfinite([size_y, size_x]).all()):
+        raise ValueError(f"pixel_size must be two positive numbers (um), got {pixel_size}")
+    if imagej:
+        return {"resolution": (1 / size_x, 1 / size_y), "metadata": {"unit": "um"}}
+    return {"resolution": (1e4 / size_x, 1e4 / size_y), "resolutionunit": "CENTIMETER"}
