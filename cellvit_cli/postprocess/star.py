@@ -1,0 +1,96 @@
+"""StarDist decoding: candidate polygons, non-maximum suppression, rendering to labels.
+
+stardist's own `non_maximum_suppression_sparse` (greedy, in descending probability) and
+`polygons_to_label` do the work. Candidates are the most probable pixel of each
+`block` x `block` tile whose probability exceeds `prob_thresh` (block 1: every pixel).
+Greedy NMS decides each candidate only from more probable ones, so the objects kept at a
+higher `prob_thresh` are exactly those kept at a lower one with probability above it
+(`training.tune` relies on this).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from stardist import polygons_to_label
+from stardist.nms import non_maximum_suppression_sparse
+
+from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relabel
+
+CANDIDATE_BLOCK = 2   # 2x2 block maxima: same AP@0.5 as every pixel, 2-3x faster (docs/postprocessing.md)
+BORDER = 2            # stardist's `b`: no candidates this close to the image border
+
+
+@dataclass(frozen=True)
+class Polygons:
+    """Star-convex polygons kept by NMS, most probable first.
+
+    points: (N, 2) int32 centres (y, x); prob: (N,) float32; dist: (N, n_rays) float32.
+    """
+
+    points: np.ndarray
+    prob: np.ndarray
+    dist: np.ndarray
+
+    def above(self, prob_thresh: float) -> "Polygons":
+        """The polygons whose probability exceeds `prob_thresh`."""
+        keep = self.prob > prob_thresh
+        return Polygons(self.points[keep], self.prob[keep], self.dist[keep])
+
+
+def candidate_points(prob: np.ndarray, prob_thresh: float, block: int = CANDIDATE_BLOCK,
+                     border: int = BORDER) -> np.ndarray:
+    """(N, 2) int32 (y, x) of the most probable pixel of each block, where above threshold.
+
+    prob: (Y, X) float32. Pixels closer than `border` to the image edge are never candidates.
+    """
+    ys, xs = prob.shape
+    padded = np.full((-(-ys // block) * block, -(-xs // block) * block), -np.inf, np.float32)
+    padded[border:ys - border, border:xs - border] = prob[border:ys - border, border:xs - border]
+    tiles = padded.reshape(padded.shape[0] // block, block, padded.shape[1] // block, block)
+    tiles = tiles.transpose(0, 2, 1, 3).reshape(*tiles.shape[::2], block * block)
+    best = tiles.argmax(axis=-1)
+    by, bx = np.nonzero(np.take_along_axis(tiles, best[..., None], -1)[..., 0] > prob_thresh)
+    k = best[by, bx]
+    return np.stack([by * block + k // block, bx * block + k % block], axis=1).astype(np.int32)
+
+
+def star_nms(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
+             nms_thresh: float = 0.4, block: int = CANDIDATE_BLOCK) -> Polygons:
+    """Polygons kept by stardist's greedy NMS.
+
+    prob: (Y, X) float32 object probability; dist: (n_rays, Y, X) float32 ray lengths in
+    pixels; nms_thresh: the largest overlap (intersection over the smaller polygon's area)
+    two kept polygons may have.
+    """
+    points = candidate_points(prob, prob_thresh, block)
+    n_rays = dist.shape[0]
+    if len(points) == 0:
+        return Polygons(points.reshape(0, 2), np.zeros(0, np.float32), np.zeros((0, n_rays), np.float32))
+    scores = prob[points[:, 0], points[:, 1]]
+    rays = np.ascontiguousarray(dist[:, points[:, 0], points[:, 1]].T)
+    kept_points, kept_prob, kept_dist, _ = non_maximum_suppression_sparse(
+        rays, scores, points, nms_thresh=nms_thresh)
+    return Polygons(kept_points.astype(np.int32), kept_prob.astype(np.float32), kept_dist.astype(np.float32))
+
+
+def polygons_to_labels(polygons: Polygons, shape: tuple[int, int]) -> np.ndarray:
+    """Render polygons to an int32 (Y, X) label image, 1..N; more probable ones drawn on top."""
+    if len(polygons.points) == 0:
+        return np.zeros(shape, np.int32)
+    labels = polygons_to_label(polygons.dist, polygons.points, shape, prob=polygons.prob)
+    return relabel(labels)
+
+
+def decode_star(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
+                nms_thresh: float = 0.4, block: int = CANDIDATE_BLOCK) -> np.ndarray:
+    """Instance labels from a star head's maps.
+
+    prob: (Y, X) float object probability in [0, 1]; dist: (n_rays, Y, X) float ray lengths
+    in pixels, ray k at angle 2*pi*k/n_rays. Returns int32 (Y, X), 0 = background, 1..N.
+    """
+    prob = as_float_map(prob, 2, "prob")
+    dist = as_float_map(dist, 3, "dist")
+    check_same_shape(prob.shape, dist=dist)
+    if dist.shape[0] < 3:
+        raise ValueError(f"dist needs at least 3 rays, got {dist.shape[0]}")
+    return polygons_to_labels(star_nms(prob, dist, prob_thresh, nms_thresh, block), prob.shape)
