@@ -238,10 +238,14 @@ def _areas_of(labels: np.ndarray, areas: np.ndarray, ids: np.ndarray) -> np.ndar
     return areas[np.searchsorted(labels, ids)]
 
 
+def aji_from_parts(intersection: int, union: int) -> float:
+    """intersection / union; 1.0 when the union is empty (both images empty)."""
+    return _ratio(intersection, union, union == 0)
+
+
 def aji(true_labels: np.ndarray, pred_labels: np.ndarray) -> float:
     """Aggregated Jaccard Index of one image pair; 1.0 when both are empty."""
-    inter, union = aji_parts(label_overlap(true_labels, pred_labels))
-    return _ratio(inter, union, union == 0)
+    return aji_from_parts(*aji_parts(label_overlap(true_labels, pred_labels)))
 
 
 def evaluate_pairs(pairs, iou_threshs: Sequence[float] = DEFAULT_IOU_THRESHS) -> DatasetScores:
@@ -284,8 +288,8 @@ def dataset_aji(result: DatasetScores) -> dict[str, float]:
     """AJI pooled (summed intersections / summed unions) and averaged over images."""
     inter = sum(i for i, _ in result.aji_parts)
     union = sum(u for _, u in result.aji_parts)
-    per_image = [_ratio(i, u, u == 0) for i, u in result.aji_parts]
-    return {"pooled": _ratio(inter, union, union == 0),
+    per_image = [aji_from_parts(i, u) for i, u in result.aji_parts]
+    return {"pooled": aji_from_parts(inter, union),
             "averaged": float(np.mean(per_image)) if per_image else 1.0}
 
 

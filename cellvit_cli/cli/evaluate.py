@@ -1,0 +1,83 @@
+"""`cellvit evaluate`: score predicted label images against ground truth."""
+
+from pathlib import Path
+
+import click
+
+from cellvit_cli import evaluation
+from cellvit_cli.io import InputError
+
+_FOLDER = click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
+
+
+def _thresholds(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        return evaluation.parse_thresholds(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param)
+
+
+def _unmatched_message(pairing: evaluation.Pairing, limit: int = 10) -> str:
+    parts = []
+    for what, files in (("predictions without ground truth", pairing.unmatched_pred),
+                        ("ground truth without prediction", pairing.unmatched_gt)):
+        if files:
+            names = ", ".join(p.name for p in files[:limit])
+            more = f" (+{len(files) - limit} more)" if len(files) > limit else ""
+            parts.append(f"{len(files)} {what}: {names}{more}")
+    return "; ".join(parts)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--pred", "pred_dir", type=_FOLDER, required=True,
+              help="Folder of predicted label TIFFs (e.g. the output of `cellvit segment`).")
+@click.option("--gt", "gt_dir", type=_FOLDER, required=True,
+              help="Folder of ground-truth label TIFFs.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Write summary.json, per_image.csv and scores.png here.")
+@click.option("--pred-suffix", default="_labels", show_default=True,
+              help="Predictions are the TIFFs whose name ends with this before '.tif'.")
+@click.option("--gt-suffix", default=None,
+              help="Suffix of ground-truth names ('' for none); default: whichever of "
+                   "'_masks', '_labels', '' pairs the most files.")
+@click.option("--iou-thresholds", "iou_threshs", default="0.5:0.05:0.95", show_default=True,
+              callback=_thresholds, help="start:step:stop or a comma list, e.g. 0.5,0.75.")
+@click.option("--skip-unmatched", is_flag=True,
+              help="Evaluate the pairs found instead of failing on unpaired files.")
+def evaluate(pred_dir, gt_dir, out_dir, pred_suffix, gt_suffix, iou_threshs, skip_unmatched):
+    """Score predicted label images against ground truth.
+
+    Files pair by name: pred img1_labels.tif goes with gt img1.tif or img1_masks.tif.
+    Prints AP (TP/(TP+FP+FN)), F1, PQ per IoU threshold, pooled over all objects, and AJI;
+    with -o also writes summary.json, per_image.csv and scores.png.
+
+    \b
+    Example:
+      cellvit evaluate --pred out --gt data/masks -o report
+    """
+    try:
+        pairing = evaluation.pair_files(pred_dir, gt_dir, pred_suffix, gt_suffix)
+    except InputError as err:
+        raise click.ClickException(str(err))
+    if not pairing.pairs:
+        raise click.UsageError(f"no pairs: no prediction in {pred_dir} (suffix "
+                               f"'{pred_suffix}') has a ground truth in {gt_dir}")
+    if (pairing.unmatched_pred or pairing.unmatched_gt) and not skip_unmatched:
+        raise click.UsageError(_unmatched_message(pairing) + " (use --skip-unmatched to "
+                               "evaluate the pairs found)")
+    if pairing.unmatched_pred or pairing.unmatched_gt:
+        click.echo(f"skipping {_unmatched_message(pairing)}", err=True)
+    settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "pred_suffix": pred_suffix,
+                "gt_suffix": gt_suffix, "iou_thresholds": list(iou_threshs),
+                "skip_unmatched": skip_unmatched}
+    try:
+        result = evaluation.evaluate(pairing, iou_threshs)
+    except InputError as err:
+        raise click.ClickException(str(err))
+    if out_dir is None:
+        report = evaluation.summary(result, settings)
+    else:
+        report = evaluation.write_report(result, settings, out_dir)
+    click.echo(evaluation.format_table(report))
+    if out_dir is not None:
+        click.echo(f"report written to {out_dir}")

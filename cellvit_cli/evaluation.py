@@ -1,0 +1,225 @@
+"""Score a folder of predicted label images against a folder of ground truth.
+
+Pairs files by name, matches objects (`metrics`), and writes the report: summary.json,
+per_image.csv, scores.png and a console table.
+"""
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, metrics
+from .io import InputError, atomic_path, read_labels
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+AUTO_GT_SUFFIXES = ("_masks", "_labels", "")
+HEADLINE_THRESHS = {"ap_50": ("ap", 0.5), "ap_75": ("ap", 0.75), "f1_50": ("f1", 0.5),
+                    "pq_50": ("pq", 0.5)}
+
+
+@dataclass
+class Pairing:
+    """Prediction/ground-truth files paired by name; `pairs` holds (name, pred, gt)."""
+
+    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)
+    unmatched_pred: list[Path] = field(default_factory=list)
+    unmatched_gt: list[Path] = field(default_factory=list)
+    gt_suffix: str = ""
+
+
+@dataclass
+class Evaluation:
+    """Scores of paired label images (`result`) and the names and files they came from."""
+
+    pairing: Pairing
+    result: metrics.DatasetScores
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """'0.5:0.05:0.95' (start:step:stop, stop included) or '0.5,0.75' -> IoU thresholds.
+
+    Raises ValueError unless every threshold is in (0, 1].
+    """
+    try:
+        if ":" in text:
+            start, step, stop = (float(part) for part in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + i * step, 6) for i in range(max(count, 0))]
+        else:
+            values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"'{text}' is neither start:step:stop nor a comma list of numbers")
+    if not values or not all(0 < v <= 1 for v in values):
+        raise ValueError(f"'{text}': IoU thresholds must lie in (0, 1]")
+    return tuple(sorted(set(values)))
+
+
+def _tiffs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
+
+
+def _by_key(files: Sequence[Path], suffix: str) -> dict[str, Path]:
+    """{name without `suffix`: file} for the files whose stem ends with `suffix`."""
+    keyed = {}
+    for path in files:
+        if path.stem.endswith(suffix):
+            key = path.stem[: len(path.stem) - len(suffix)]
+            if key in keyed:
+                raise InputError(path, f"same name as {keyed[key].name} after removing "
+                                       f"suffix '{suffix}'")
+            if key:
+                keyed[key] = path
+    return keyed
+
+
+def pair_files(pred_dir, gt_dir, pred_suffix: str = "_labels",
+               gt_suffix: str | None = None) -> Pairing:
+    """Pair the TIFFs of two folders by name once suffixes are removed.
+
+    Predictions are the TIFFs whose stem ends with `pred_suffix` (other files are ignored);
+    `gt_suffix` None tries '_masks', '_labels' and '' and keeps the one pairing most files.
+    """
+    preds = _by_key(_tiffs(Path(pred_dir)), pred_suffix)
+    gt_files = _tiffs(Path(gt_dir))
+    candidates = AUTO_GT_SUFFIXES if gt_suffix is None else (gt_suffix,)
+    best = max(candidates, key=lambda s: len(preds.keys() & _by_key(gt_files, s).keys()))
+    gts = _by_key(gt_files, best)
+    names = sorted(preds.keys() & gts.keys())
+    return Pairing(pairs=[(name, preds[name], gts[name]) for name in names],
+                   unmatched_pred=[preds[k] for k in sorted(preds.keys() - gts.keys())],
+                   unmatched_gt=[gts[k] for k in sorted(gts.keys() - preds.keys())],
+                   gt_suffix=best)
+
+
+def _load_pairs(pairing: Pairing) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for _, pred_path, gt_path in pairing.pairs:
+        gt, pred = read_labels(gt_path), read_labels(pred_path)
+        if gt.shape != pred.shape:
+            raise InputError(pred_path, f"shape {pred.shape} differs from the ground truth "
+                                        f"{gt_path.name} {gt.shape}")
+        yield gt, pred
+
+
+def evaluate(pairing: Pairing, iou_threshs: Sequence[float] = metrics.DEFAULT_IOU_THRESHS
+             ) -> Evaluation:
+    """Read every pair (InputError on a bad file) and match its objects."""
+    if not pairing.pairs:
+        raise ValueError("no prediction/ground-truth pairs to evaluate")
+    return Evaluation(pairing, metrics.evaluate_pairs(_load_pairs(pairing), iou_threshs))
+
+
+def _at(rows: list[dict], name: str, thresh: float) -> float | None:
+    return next((row[name] for row in rows if abs(row["iou_thresh"] - thresh) < 1e-9), None)
+
+
+def headline(evaluation: Evaluation) -> dict[str, float | None]:
+    """AP@0.5, AP@0.75, mean AP over the thresholds, F1@0.5, PQ@0.5 (pooled) and AJI.
+
+    A figure whose threshold was not evaluated is None.
+    """
+    pooled = metrics.pooled_scores(evaluation.result)
+    figures = {key: _at(pooled, name, t) for key, (name, t) in HEADLINE_THRESHS.items()}
+    figures["mean_ap"] = float(np.mean([row["ap"] for row in pooled]))
+    aji = metrics.dataset_aji(evaluation.result)
+    return figures | {"aji": aji["pooled"], "aji_averaged": aji["averaged"]}
+
+
+def summary(evaluation: Evaluation, settings: dict) -> dict:
+    """The content of summary.json."""
+    result, pairing = evaluation.result, evaluation.pairing
+    return {
+        "cellvit_version": __version__,
+        "settings": settings | {"gt_suffix_used": pairing.gt_suffix},
+        "n_images": len(pairing.pairs),
+        "n_true": sum(c[0].n_true for c in result.counts),
+        "n_pred": sum(c[0].n_pred for c in result.counts),
+        "iou_thresholds": list(result.iou_threshs),
+        "headline": headline(evaluation),
+        "pooled": metrics.pooled_scores(result),
+        "averaged": metrics.averaged_scores(result),
+        "unmatched": {"pred": [str(p) for p in pairing.unmatched_pred],
+                      "gt": [str(p) for p in pairing.unmatched_gt]},
+    }
+
+
+def per_image_rows(evaluation: Evaluation) -> list[dict]:
+    """One row per image and threshold: counts, scores and the image's AJI."""
+    rows = []
+    parts = zip(evaluation.pairing.pairs, evaluation.result.counts, evaluation.result.aji_parts)
+    for (name, pred_path, gt_path), image_counts, (inter, union) in parts:
+        aji = metrics.aji_from_parts(inter, union)
+        for counts in image_counts:
+            rows.append({"image": name, "pred_file": pred_path.name, "gt_file": gt_path.name,
+                         "iou_thresh": counts.iou_thresh, "n_true": counts.n_true,
+                         "n_pred": counts.n_pred, "tp": counts.tp, "fp": counts.fp,
+                         "fn": counts.fn} | metrics.scores(counts) | {"aji": aji})
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """Console table of pooled scores per threshold, the image-averaged AP and the headline."""
+    lines = [f"{report['n_images']} images, {report['n_true']} true objects, "
+             f"{report['n_pred']} predicted",
+             f"{'IoU':>5} {'TP':>7} {'FP':>7} {'FN':>7} {'prec':>6} {'recall':>6} {'F1':>6} "
+             f"{'AP':>6} {'AP img':>6} {'PQ':>6}"]
+    for row, avg in zip(report["pooled"], report["averaged"]):
+        lines.append(f"{row['iou_thresh']:>5.2f} {row['tp']:>7d} {row['fp']:>7d} "
+                     f"{row['fn']:>7d} {row['precision']:>6.3f} {row['recall']:>6.3f} "
+                     f"{row['f1']:>6.3f} {row['ap']:>6.3f} {avg['ap']:>6.3f} {row['pq']:>6.3f}")
+    figures = report["headline"]
+    shown = [f"{key} {value:.3f}" for key, value in figures.items() if value is not None]
+    lines.append("pooled: " + ", ".join(shown))
+    return "\n".join(lines)
+
+
+def write_report(evaluation: Evaluation, settings: dict, out_dir) -> dict:
+    """Write summary.json, per_image.csv and scores.png into `out_dir` (atomically each).
+
+    Returns the summary dict.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = summary(evaluation, settings)
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    _write_csv(out_dir / "per_image.csv", per_image_rows(evaluation))
+    plot_scores(report, out_dir / "scores.png")
+    return report
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def plot_scores(report: dict, path) -> None:
+    """Line plot of pooled scores (and image-averaged AP) against the IoU threshold."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    threshs = [row["iou_thresh"] for row in report["pooled"]]
+    for name, label in (("ap", "AP"), ("f1", "F1"), ("precision", "precision"),
+                        ("recall", "recall"), ("pq", "PQ")):
+        axes.plot(threshs, [row[name] for row in report["pooled"]], marker="o", label=label)
+    axes.plot(threshs, [row["ap"] for row in report["averaged"]], linestyle="--",
+              label="AP (mean of images)")
+    axes.set(xlabel="IoU threshold", ylabel="score", ylim=(0, 1.02),
+             title=f"{report['n_images']} images, {report['n_true']} objects")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
