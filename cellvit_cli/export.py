@@ -7,11 +7,8 @@ the object's boundary pixels and their outside neighbours: every object pixel ce
 inside it, every other pixel centre outside (up to diagonal-only touches and holes).
 """
 
-import contextlib
 import csv
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from scipy import ndimage as ndi
 from skimage import measure as skmeasure
 from skimage.segmentation import find_boundaries
 
+from .io import atomic_path
 from .preprocess import normalize_percentile
 
 SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter")
@@ -31,22 +29,6 @@ MAP_CHANNEL_NAMES = {
     "flow": ["prob", "dy", "dx"],
     "boundary": ["fg", "boundary"],
 }
-
-
-@contextlib.contextmanager
-def _atomic_path(path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` on success, remove it on error."""
-    # TODO: switch to cellvit_cli.io.atomic_path once io.py lands.
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ---- outlines -------------------------------------------------------------------------------
@@ -85,7 +67,7 @@ def write_roi_zip(labels: np.ndarray, path) -> None:
 
     labels: (Y, X) int. Empty labels give an empty zip.
     """
-    with _atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for label, xy in iter_outlines(labels):
             roi = roifile.ImagejRoi.frompoints(xy[:-1], name=_cell_name(label))
             roi.roitype = roifile.ROI_TYPE.POLYGON
@@ -107,7 +89,7 @@ def write_geojson(labels: np.ndarray, path, pixel_size=None, object_type: str = 
     features = [_feature(label, xy, int(areas[label]), pixel_size, object_type, classification)
                 for label, xy in iter_outlines(labels)]
     collection = {"type": "FeatureCollection", "features": features}
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(collection, separators=(",", ":")))
 
 
@@ -136,7 +118,7 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, path) -> None:
     labels: (Y, X) int, same Y, X. Outline pixels are the objects' inner boundary pixels.
     """
     rgb = overlay_rgb(image, labels)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         PILImage.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
 
 
@@ -224,7 +206,7 @@ def write_measurements(labels: np.ndarray, image: np.ndarray | None, path, pixel
                        shape_features: bool = True) -> None:
     """Write `measure(...)` as a CSV with a header row; empty labels give the header only."""
     columns = measure(labels, image, pixel_size, shape_features)
-    with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in zip(*columns.values()):
@@ -264,7 +246,7 @@ def write_maps(maps: dict[str, np.ndarray], path) -> list[Path]:
     for head, data in maps.items():
         data = np.asarray(data, dtype=np.float32)
         target = maps_path(path, head)
-        with _atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:
             _write_float_stack(tmp, data, map_channel_names(head, data.shape[0]))
         written.append(target)
     return written
