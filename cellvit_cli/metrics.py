@@ -23,17 +23,18 @@ from scipy.optimize import linear_sum_assignment
 DEFAULT_IOU_THRESHS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 SCORE_NAMES = ("precision", "recall", "f1", "ap", "mean_matched_iou", "mean_true_iou", "pq")
 COUNT_NAMES = ("n_true", "n_pred", "tp", "fp", "fn")
-_MAX_DENSE_PAIRS = 1 << 24
+_MAX_DENSE_PAIRS = 1 << 22  # pair table of at most 4M counts (32 MB)
+_MAX_DIRECT_LABEL = 1 << 20  # larger label values are compacted first
 
 
 @dataclass(frozen=True)
 class Overlap:
     """Sparse overlap of two label images.
 
-    true_ids, pred_ids: (K,) int64 original labels of each overlapping pair;
+    true_ids, pred_ids: (K,) int64 labels of each overlapping pair;
     intersection: (K,) int64 pixel counts; iou: (K,) float64;
-    true_areas, pred_areas: dict-like arrays, (n,) int64 areas of all objects, in the order
-    of true_labels / pred_labels ((n,) original labels, ascending).
+    true_labels, pred_labels: (n,) int64 labels of all objects, ascending;
+    true_areas, pred_areas: (n,) int64 their areas in pixels.
     """
 
     true_ids: np.ndarray
@@ -99,22 +100,38 @@ def _check_pair(true_labels: np.ndarray, pred_labels: np.ndarray) -> None:
                          f"prediction {pred_labels.shape}")
 
 
-def _sequential(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Relabel to 0..n. Returns (flat int64 labels, (n,) original labels, (n,) areas)."""
+def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flat labels small enough to count on: (flat, None) if the values are already small,
+    else (codes 0..n, (n+1,) original label of each code, 0 first)."""
     flat = labels.ravel()
-    if flat.size == 0:
-        return flat.astype(np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    top = int(flat.max())
-    if top <= max(4 * flat.size, 1 << 16):
-        areas = np.bincount(flat, minlength=top + 1)
-        ids = np.flatnonzero(areas[1:]) + 1
-        lut = np.zeros(top + 1, np.int64)
-        lut[ids] = np.arange(1, ids.size + 1)
-        return lut[flat], ids.astype(np.int64), areas[ids].astype(np.int64)
-    ids, inverse, areas = np.unique(flat, return_inverse=True, return_counts=True)
+    if flat.size == 0 or int(flat.max()) < _MAX_DIRECT_LABEL:
+        return flat, None
+    ids, codes = np.unique(flat, return_inverse=True)
     if ids[0] != 0:
-        ids, areas, inverse = np.r_[0, ids], np.r_[0, areas], inverse + 1
-    return inverse.astype(np.int64), ids[1:].astype(np.int64), areas[1:].astype(np.int64)
+        ids, codes = np.r_[0, ids], codes + 1
+    return codes.reshape(-1), ids
+
+
+def _pair_counts(true_flat: np.ndarray, pred_flat: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Count pixels per (true, pred) label pair.
+
+    Returns rows, cols, intersections of the overlapping object pairs (K,) and the areas
+    of all label values (n_true + 1,), (n_pred + 1,) (0 = background).
+    """
+    n_rows = int(true_flat.max(initial=0)) + 1
+    n_cols = int(pred_flat.max(initial=0)) + 1
+    dtype = np.int32 if n_rows * n_cols < 2**31 else np.int64
+    if n_rows * n_cols <= _MAX_DENSE_PAIRS:
+        codes = true_flat.astype(dtype) * dtype(n_cols) + pred_flat.astype(dtype)
+        table = np.bincount(codes, minlength=n_rows * n_cols).reshape(n_rows, n_cols)
+        rows, cols = np.nonzero(table[1:, 1:])
+        return rows + 1, cols + 1, table[rows + 1, cols + 1], table.sum(1), table.sum(0)
+    both = (true_flat > 0) & (pred_flat > 0)
+    codes = true_flat[both].astype(np.int64) * n_cols + pred_flat[both]
+    codes, counts = np.unique(codes, return_counts=True)
+    return (codes // n_cols, codes % n_cols, counts,
+            np.bincount(true_flat, minlength=n_rows), np.bincount(pred_flat, minlength=n_cols))
 
 
 def label_overlap(true_labels: np.ndarray, pred_labels: np.ndarray) -> Overlap:
@@ -123,21 +140,21 @@ def label_overlap(true_labels: np.ndarray, pred_labels: np.ndarray) -> Overlap:
     true_labels, pred_labels: (Y, X) (any shape, equal) non-negative integer label images.
     """
     _check_pair(true_labels, pred_labels)
-    true_seq, true_ids, true_areas = _sequential(true_labels)
-    pred_seq, pred_ids, pred_areas = _sequential(pred_labels)
-    both = (true_seq > 0) & (pred_seq > 0)
-    n_cols = pred_ids.size + 1
-    codes = true_seq[both] * n_cols + pred_seq[both]
-    if (true_ids.size + 1) * n_cols <= _MAX_DENSE_PAIRS:
-        counts = np.bincount(codes, minlength=(true_ids.size + 1) * n_cols)
-        codes = np.flatnonzero(counts)
-        counts = counts[codes]
-    else:
-        codes, counts = np.unique(codes, return_counts=True)
-    rows, cols = codes // n_cols - 1, codes % n_cols - 1
-    union = true_areas[rows] + pred_areas[cols] - counts
-    return Overlap(true_ids[rows], pred_ids[cols], counts.astype(np.int64), counts / union,
-                   true_ids, pred_ids, true_areas, pred_areas)
+    true_flat, true_map = _compact(true_labels)
+    pred_flat, pred_map = _compact(pred_labels)
+    rows, cols, inter, true_areas, pred_areas = _pair_counts(true_flat, pred_flat)
+    union = true_areas[rows] + pred_areas[cols] - inter
+    true_present = np.flatnonzero(true_areas[1:]) + 1
+    pred_present = np.flatnonzero(pred_areas[1:]) + 1
+
+    def original(codes, mapping):
+        return (codes if mapping is None else mapping[codes]).astype(np.int64)
+
+    return Overlap(original(rows, true_map), original(cols, pred_map),
+                   inter.astype(np.int64), inter / union,
+                   original(true_present, true_map), original(pred_present, pred_map),
+                   true_areas[true_present].astype(np.int64),
+                   pred_areas[pred_present].astype(np.int64))
 
 
 def _assign(true_ids: np.ndarray, pred_ids: np.ndarray, iou: np.ndarray) -> np.ndarray:
