@@ -24,6 +24,15 @@ from skimage.segmentation import find_boundaries
 from .io import atomic_path
 from .preprocess import normalize_percentile
 
+# File name endings of the per-image outputs: OUT/<image stem><suffix> (docs/outputs.md).
+OUTPUT_SUFFIXES = {
+    "labels": "_labels.tif",
+    "rois": "_rois.zip",
+    "geojson": ".geojson",
+    "overlay": "_overlay.png",
+    "measurements": "_cells.csv",
+    "maps": "_maps.tif",  # write_maps turns it into _maps_<head>.tif
+}
 SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter")
 MAP_CHANNEL_NAMES = {
     "flow": ["prob", "dy", "dx"],
@@ -45,9 +54,17 @@ def iter_outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         label = index + 1
         mask = np.pad(labels[slices] == label, 1)
         contours = skmeasure.find_contours(mask.astype(np.uint8), 0.5, fully_connected="high")
-        ring = max(contours, key=len)
+        ring = _drop_collinear(max(contours, key=len))
         offset = np.array([slices[0].start, slices[1].start]) - 1 + 0.5
         yield label, (ring + offset)[:, ::-1]
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Closed ring (N, 2) without the vertices where the direction does not change."""
+    step = np.diff(ring, axis=0)                      # step k: vertex k -> k + 1
+    turn = np.any(step != np.roll(step, 1, axis=0), axis=1)  # vertex k: step k-1 vs step k
+    kept = ring[:-1][turn]
+    return np.concatenate([kept, kept[:1]])
 
 
 def _signed_area(xy: np.ndarray) -> float:
@@ -102,7 +119,7 @@ def _feature(label, xy, area, pixel_size, object_type, classification) -> dict:
         properties["area_um2"] = area * float(pixel_size[0]) * float(pixel_size[1])
     if classification is not None:
         properties["classification"] = {"name": classification}
-    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in xy]
+    ring = np.round(xy, 2).tolist()
     return {"type": "Feature", "id": _cell_name(label),
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": properties}
@@ -119,7 +136,7 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, path) -> None:
     """
     rgb = overlay_rgb(image, labels)
     with atomic_path(path) as tmp:
-        PILImage.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
+        PILImage.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
 
 
 def overlay_rgb(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
