@@ -21,8 +21,8 @@ REQUIRED_HEADS = {"star": ("star",), "flow": ("flow",), "boundary": ("boundary",
 DEFAULT_THRESHOLDS = {
     "star": {"prob_thresh": 0.5, "nms_thresh": 0.4},
     "flow": {"prob_thresh": 0.5, "flow_thresh": 0.4},
-    "boundary": {"fg_thresh": 0.5, "boundary_thresh": 0.5},
-    "fused": {"prob_thresh": 0.5, "nms_thresh": 0.4, "fg_thresh": 0.5, "boundary_thresh": 0.5},
+    "boundary": {"fg_thresh": 0.5, "boundary_thresh": 0.3},
+    "fused": {"prob_thresh": 0.5, "nms_thresh": 0.4, "fg_thresh": 0.5, "boundary_thresh": 0.3},
 }
 AUTO_PREFERENCE = ("star", "flow", "boundary", "fused")  # used when no default_mode is tuned
 _MIN_CHANNELS = {"star": 4, "flow": 3, "boundary": 2}

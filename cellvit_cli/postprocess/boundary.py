@@ -19,7 +19,7 @@ MIN_SEED_SIZE = 4    # pixels
 
 
 def boundary_seeds(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5,
-                   boundary_thresh: float = 0.5, min_seed_size: int = MIN_SEED_SIZE) -> np.ndarray:
+                   boundary_thresh: float = 0.3, min_seed_size: int = MIN_SEED_SIZE) -> np.ndarray:
     """Connected pieces (4-connectivity) of (fg > fg_thresh) & (boundary < boundary_thresh)
     with at least `min_seed_size` pixels. fg, boundary: (Y, X) float32. Returns int32 1..N.
     """
@@ -42,7 +42,7 @@ def grow_seeds(seeds: np.ndarray, landscape: np.ndarray, mask: np.ndarray,
 
 
 def decode_boundary(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5,
-                    boundary_thresh: float = 0.5, min_size: int = MIN_SIZE,
+                    boundary_thresh: float = 0.3, min_size: int = MIN_SIZE,
                     min_seed_size: int = MIN_SEED_SIZE) -> np.ndarray:
     """Instance labels from a boundary head's maps.
 

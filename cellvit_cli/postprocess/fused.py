@@ -18,7 +18,7 @@ from cellvit_cli.postprocess.star import decode_star
 
 
 def fuse(polygon_labels: np.ndarray, fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5,
-         boundary_thresh: float = 0.5, min_size: int = MIN_SIZE) -> np.ndarray:
+         boundary_thresh: float = 0.3, min_size: int = MIN_SIZE) -> np.ndarray:
     """Grow star polygons into the boundary head's foreground.
 
     polygon_labels: (Y, X) int rendered polygons; fg, boundary: (Y, X) float32.
@@ -35,7 +35,7 @@ def fuse(polygon_labels: np.ndarray, fg: np.ndarray, boundary: np.ndarray, fg_th
 
 def decode_fused(prob: np.ndarray, dist: np.ndarray, fg: np.ndarray, boundary: np.ndarray,
                  prob_thresh: float = 0.5, nms_thresh: float = 0.4, fg_thresh: float = 0.5,
-                 boundary_thresh: float = 0.5, min_size: int = MIN_SIZE) -> np.ndarray:
+                 boundary_thresh: float = 0.3, min_size: int = MIN_SIZE) -> np.ndarray:
     """Instance labels from the star and boundary heads' maps.
 
     prob: (Y, X) star object probability; dist: (n_rays, Y, X) ray lengths in pixels;

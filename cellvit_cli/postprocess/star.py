@@ -1,7 +1,7 @@
 """StarDist decoding: candidate polygons, non-maximum suppression, rendering to labels.
 
-stardist's own `non_maximum_suppression_sparse` (greedy, in descending probability) and
-`polygons_to_label` do the work. Candidates are the most probable pixel of each
+stardist's own `non_maximum_suppression_inds` (greedy, in descending probability; ties
+in raster order) and `polygons_to_label` do the work. Candidates are the most probable pixel of each
 `block` x `block` tile whose probability exceeds `prob_thresh` (block 1: every pixel).
 Greedy NMS decides each candidate only from more probable ones, so the objects kept at a
 higher `prob_thresh` are exactly those kept at a lower one with probability above it
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from stardist import polygons_to_label
-from stardist.nms import non_maximum_suppression_sparse
+from stardist.nms import non_maximum_suppression_inds
 
 from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relabel
 
@@ -67,10 +67,11 @@ def star_nms(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
     if len(points) == 0:
         return Polygons(points.reshape(0, 2), np.zeros(0, np.float32), np.zeros((0, n_rays), np.float32))
     scores = prob[points[:, 0], points[:, 1]]
+    order = np.argsort(-scores, kind="stable")
+    points, scores = points[order], scores[order]
     rays = np.ascontiguousarray(dist[:, points[:, 0], points[:, 1]].T)
-    kept_points, kept_prob, kept_dist, _ = non_maximum_suppression_sparse(
-        rays, scores, points, nms_thresh=nms_thresh)
-    return Polygons(kept_points.astype(np.int32), kept_prob.astype(np.float32), kept_dist.astype(np.float32))
+    kept = non_maximum_suppression_inds(rays, points, scores, thresh=nms_thresh, verbose=False)
+    return Polygons(points[kept], scores[kept], rays[kept])
 
 
 def polygons_to_labels(polygons: Polygons, shape: tuple[int, int]) -> np.ndarray:
