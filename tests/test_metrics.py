@@ -4,6 +4,8 @@ from scipy import ndimage as ndi
 from stardist.matching import matching, matching_dataset
 
 from cellvit_cli import metrics
+from cellvit_cli.io import read_labels
+from conftest import SHARED_DATA
 
 THRESHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 # our name -> stardist's name
@@ -199,3 +201,15 @@ def test_bad_label_pairs():
         metrics.label_overlap(labels - 1, labels)
     with pytest.raises(ValueError, match="iou_thresh"):
         metrics.match(metrics.label_overlap(labels, labels), 0.0)
+
+
+@pytest.mark.shared_data
+def test_dsb_test_masks_match_stardist():
+    """Real DSB2018 test masks (all modalities) and perturbed predictions, pooled."""
+    paths = sorted((SHARED_DATA / "test" / "masks").glob("*.tif"))[::5]
+    gts = [read_labels(path) for path in paths]
+    preds = [perturb(gt, seed) for seed, gt in enumerate(gts)]
+    result = metrics.evaluate_pairs(zip(gts, preds), THRESHS)
+    theirs = matching_dataset(gts, preds, thresh=THRESHS, show_progress=False)
+    for row, stats in zip(metrics.pooled_scores(result), theirs):
+        _assert_same(row, stats)
