@@ -28,6 +28,23 @@ def _unmatched_message(pairing: evaluation.Pairing, limit: int = 10) -> str:
     return "; ".join(parts)
 
 
+def _pair_or_fail(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_unmatched):
+    """Pair the folders' files; a usage error on no pairs, or unpaired files unless skipped."""
+    try:
+        pairing = evaluation.pair_files(pred_dir, gt_dir, pred_suffix, gt_suffix)
+    except InputError as err:
+        raise click.ClickException(str(err))
+    if not pairing.pairs:
+        raise click.UsageError(f"no pairs: no prediction in {pred_dir} (suffix "
+                               f"'{pred_suffix}') has a ground truth in {gt_dir}")
+    if pairing.unmatched_pred or pairing.unmatched_gt:
+        if not skip_unmatched:
+            raise click.UsageError(_unmatched_message(pairing) + " (use --skip-unmatched "
+                                   "to evaluate the pairs found)")
+        click.echo(f"skipping {_unmatched_message(pairing)}", err=True)
+    return pairing
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--pred", "pred_dir", type=_FOLDER, required=True,
               help="Folder of predicted label TIFFs (e.g. the output of `cellvit segment`).")
@@ -55,18 +72,7 @@ def evaluate(pred_dir, gt_dir, out_dir, pred_suffix, gt_suffix, iou_threshs, ski
     Example:
       cellvit evaluate --pred out --gt data/masks -o report
     """
-    try:
-        pairing = evaluation.pair_files(pred_dir, gt_dir, pred_suffix, gt_suffix)
-    except InputError as err:
-        raise click.ClickException(str(err))
-    if not pairing.pairs:
-        raise click.UsageError(f"no pairs: no prediction in {pred_dir} (suffix "
-                               f"'{pred_suffix}') has a ground truth in {gt_dir}")
-    if (pairing.unmatched_pred or pairing.unmatched_gt) and not skip_unmatched:
-        raise click.UsageError(_unmatched_message(pairing) + " (use --skip-unmatched to "
-                               "evaluate the pairs found)")
-    if pairing.unmatched_pred or pairing.unmatched_gt:
-        click.echo(f"skipping {_unmatched_message(pairing)}", err=True)
+    pairing = _pair_or_fail(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_unmatched)
     settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "pred_suffix": pred_suffix,
                 "gt_suffix": gt_suffix, "iou_thresholds": list(iou_threshs),
                 "skip_unmatched": skip_unmatched}
