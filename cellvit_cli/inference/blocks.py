@@ -1,0 +1,337 @@
+"""Block mode: segment an image of any size with memory bounded by the block size.
+
+The image is cut into a grid of blocks; each block's *core* is the part of the image it
+owns, its *outer* region adds a halo wider than the largest cell on every side (clipped at
+the image border). Each outer region is predicted (tiled) and decoded on its own; a cell
+is kept by the one block whose core holds its centroid, with all of its pixels (also those
+in the halo). Where kept cells of neighbouring blocks claim the same pixel, the block
+written first (raster order of blocks) keeps it. Kept cells get globally unique labels
+(1, 2, ... in raster order of blocks) and are streamed as (256, 256) tiles into a tiled
+BigTIFF as soon as no later block can reach their rows.
+"""
+
+import contextlib
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from tqdm.auto import tqdm
+
+from cellvit_cli.bigtiff import TILE, TiffRegionReader, UnsupportedLayout, retype_tiled, write_tiled
+from cellvit_cli.inference.tiling import Slices
+from cellvit_cli.io import InputError, atomic_path, read_image
+
+log = logging.getLogger(__name__)
+
+HALO_DIAMETERS = 4  # halo width in median cell diameters: the largest cells are ~2 diameters
+MIN_HALO = 32
+LABEL_DTYPE = np.uint32
+UINT16_MAX = np.iinfo(np.uint16).max
+# What reading a damaged TIFF raises (tifffile, short reads, imagecodecs' decoders).
+READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
+SAMPLE_PIXELS = 1 << 22  # percentiles from a strided subsample of ~4 Mpx, as preprocess does
+
+
+@dataclass(frozen=True)
+class Block:
+    """core: the pixels this block owns; outer: core plus halo, clipped to the image."""
+
+    core: Slices
+    outer: Slices
+
+    def core_in_outer(self) -> Slices:
+        """The core in the coordinates of the outer region."""
+        return tuple(slice(c.start - o.start, c.stop - o.start)
+                     for c, o in zip(self.core, self.outer))
+
+
+def halo_for(median_diameter: float, scale: float = 1.0) -> int:
+    """Halo width (image pixels) for cells of `median_diameter` px at the model's scale, when
+    the image is zoomed by `scale` before prediction."""
+    return max(MIN_HALO, math.ceil(HALO_DIAMETERS * median_diameter / scale))
+
+
+def plan_blocks(shape: tuple[int, int], block_size: int, halo: int) -> list[list[Block]]:
+    """Rows of blocks whose cores tile an image of `shape` (Y, X) without overlap."""
+    if block_size < 1 or halo < 0:
+        raise ValueError(f"block size {block_size} must be >= 1 and halo {halo} >= 0")
+
+    def cuts(n: int) -> list[tuple[int, int]]:
+        count = max(1, math.ceil(n / block_size))
+        edges = [round(i * n / count) for i in range(count + 1)]
+        return list(zip(edges[:-1], edges[1:]))
+
+    return [[Block((slice(y0, y1), slice(x0, x1)),
+                   (slice(max(0, y0 - halo), min(shape[0], y1 + halo)),
+                    slice(max(0, x0 - halo), min(shape[1], x1 + halo))))
+             for x0, x1 in cuts(shape[1])] for y0, y1 in cuts(shape[0])]
+
+
+def keep_owned(labels: np.ndarray, block: Block) -> np.ndarray:
+    """The cells of `labels` (the block's outer region) whose centroid lies in its core,
+    renumbered 1..n in order of their label; all other pixels 0. Returns uint32 (y, x)."""
+    labels = np.asarray(labels)
+    flat = labels.ravel()
+    n = int(flat.max(initial=0))
+    if n == 0:
+        return np.zeros(labels.shape, LABEL_DTYPE)
+    area = np.bincount(flat, minlength=n + 1)
+    ys, xs = np.indices(labels.shape, sparse=True)
+    cy = np.bincount(flat, np.broadcast_to(ys, labels.shape).ravel(), n + 1)
+    cx = np.bincount(flat, np.broadcast_to(xs, labels.shape).ravel(), n + 1)
+    present = area > 0
+    present[0] = False
+    cy = np.floor(np.divide(cy, area, where=present, out=np.zeros(n + 1)))
+    cx = np.floor(np.divide(cx, area, where=present, out=np.zeros(n + 1)))
+    core_y, core_x = block.core_in_outer()
+    owned = (present & (cy >= core_y.start) & (cy < core_y.stop)
+             & (cx >= core_x.start) & (cx < core_x.stop))
+    lookup = np.zeros(n + 1, LABEL_DTYPE)
+    lookup[owned] = np.arange(1, owned.sum() + 1, dtype=LABEL_DTYPE)
+    return lookup[labels]
+
+
+@dataclass
+class BlockResult:
+    """What `segment_blocks` found: the number of cells and of blocks."""
+
+    n_cells: int = 0
+    n_blocks: int = 0
+
+
+def segment_blocks(shape: tuple[int, int], blocks: list[list[Block]],
+                   predict: Callable[[Slices], object],
+                   decode: Callable[[object, Slices], np.ndarray],
+                   out_path, resolution: dict | None = None,
+                   on_block: Callable[[], None] | None = None) -> BlockResult:
+    """Segment an image block by block into a tiled uint32 BigTIFF at `out_path`.
+
+    predict(outer) -> maps of the outer region (runs the network, in this thread);
+    decode(maps, outer) -> (y, x) int labels of the outer region (runs in a worker thread
+    while the next block is predicted). `resolution`: extra tifffile arguments (pixel size).
+    `out_path` is written directly: give it a temporary path and rename on success.
+    """
+    result = BlockResult()
+    tiles = _label_tiles(shape, blocks, predict, decode, result, on_block)
+    write_tiled(out_path, shape, LABEL_DTYPE, tiles, TILE, resolution)
+    return result
+
+
+def _owned_labels(decode, maps, block: Block) -> np.ndarray:
+    labels = decode(maps, block.outer)
+    expected = tuple(s.stop - s.start for s in block.outer)
+    if labels.shape != expected:
+        raise ValueError(f"decode returned {labels.shape} for a block of {expected}")
+    return keep_owned(labels, block)
+
+
+def _label_tiles(shape, blocks, predict, decode, result: BlockResult,
+                 on_block) -> Iterator[np.ndarray]:
+    """Tiles of the labels image, row-major, produced block row by block row."""
+    canvas = _Canvas(shape[1])
+    with ThreadPoolExecutor(1, thread_name_prefix="decode-block") as pool:
+        pending: deque = deque()
+        for row_index, row in enumerate(blocks):
+            for block in row:
+                maps = predict(block.outer)
+                pending.append((row_index, block, pool.submit(_owned_labels, decode, maps, block)))
+                del maps
+                if len(pending) > 1:
+                    yield from _paste(canvas, blocks, *pending.popleft(), result, on_block)
+        while pending:
+            yield from _paste(canvas, blocks, *pending.popleft(), result, on_block)
+    yield from canvas.emit(shape[0], final=True)
+
+
+def _paste(canvas: "_Canvas", blocks, row_index: int, block: Block, future, result: BlockResult,
+           on_block) -> Iterator[np.ndarray]:
+    owned = future.result()
+    n = int(owned.max(initial=0))
+    owned[owned > 0] += result.n_cells  # globally unique labels
+    canvas.paste(owned, block.outer)
+    result.n_cells += n
+    result.n_blocks += 1
+    if on_block is not None:
+        on_block()
+    if block is blocks[row_index][-1]:  # a row of blocks is complete
+        nxt = blocks[row_index + 1][0].outer[0].start if row_index + 1 < len(blocks) else None
+        if nxt is not None:
+            yield from canvas.emit(nxt)
+
+
+class _Canvas:
+    """The labels of rows [top, top + height) of the image, not yet written."""
+
+    def __init__(self, width: int):
+        self.top = 0
+        self.rows = np.zeros((0, width), LABEL_DTYPE)
+
+    def paste(self, owned: np.ndarray, outer: Slices) -> None:
+        bottom = outer[0].stop
+        if bottom > self.top + len(self.rows):
+            grown = np.zeros((bottom - self.top, self.rows.shape[1]), LABEL_DTYPE)
+            grown[:len(self.rows)] = self.rows
+            self.rows = grown
+        if outer[0].start < self.top:
+            raise AssertionError("a block reaches rows that were already written")
+        target = self.rows[outer[0].start - self.top:bottom - self.top, outer[1]]
+        free = (owned > 0) & (target == 0)  # the block written first keeps a shared pixel
+        target[free] = owned[free]
+
+    def emit(self, stop: int, final: bool = False) -> Iterator[np.ndarray]:
+        """Yield the tiles of every complete row of tiles above `stop` (all rows if final)."""
+        rows = stop - self.top
+        n_tile_rows = math.ceil(rows / TILE) if final else rows // TILE
+        width = self.rows.shape[1]
+        for _ in range(max(0, n_tile_rows)):
+            band = self.rows[:TILE]
+            if len(band) < TILE and not final:
+                break
+            for x in range(0, width, TILE):
+                yield band[:, x:x + TILE]
+            self.rows = self.rows[TILE:]
+            self.top += TILE
+
+
+class ArrayRegions:
+    """Regions of an in-memory (C, Y, X) array, with the interface of `TiffRegionReader`."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.shape = data.shape
+
+    def read(self, ys: slice, xs: slice) -> np.ndarray:
+        return self.data[:, ys, xs]
+
+
+class RegionSource:
+    """Model input for any region of a big image, the same as whole-image preprocessing
+    would give it: channel selection, percentile normalisation with the percentiles of the
+    whole image (computed once, band by band, on the subsample `normalize_percentile`
+    uses), zoom by `scale`.
+
+    regions: has `shape` (C, Y, X) and `read(ys, xs) -> (C, y, x)` (e.g. TiffRegionReader).
+    """
+
+    BAND_ROWS = 1024
+
+    def __init__(self, regions, in_channels: int, channel: int | None = None,
+                 scale: float = 1.0):
+        self.regions, self.in_channels = regions, in_channels
+        self.channel, self.scale = channel, scale
+        self.shape = tuple(regions.shape[1:])
+        self.low, self.high = self._percentiles()
+
+    def _channels(self, data: np.ndarray) -> np.ndarray:
+        from cellvit_cli.preprocess import to_channels
+
+        return to_channels(data, self.in_channels, self.channel)
+
+    def _percentiles(self) -> tuple[np.ndarray, np.ndarray]:
+        from cellvit_cli.preprocess import PERCENTILES
+
+        n_y, n_x = self.shape
+        step = max(1, int(math.sqrt(n_y * n_x / SAMPLE_PIXELS)))
+        band = step * math.ceil(self.BAND_ROWS / step)
+        samples = [self._channels(self.regions.read(slice(y, y + band), slice(0, n_x)))
+                   [:, ::step, ::step].astype(np.float32) for y in range(0, n_y, band)]
+        sample = np.concatenate(samples, axis=1)
+        low, high = np.percentile(sample, PERCENTILES, axis=(1, 2))
+        return low.astype(np.float32), high.astype(np.float32)
+
+    def read(self, region: Slices) -> np.ndarray:
+        """(in_channels, y * scale, x * scale) float32 model input of `region` of the image."""
+        from cellvit_cli.preprocess import rescale
+
+        data = self._channels(self.regions.read(*region)).astype(np.float32)
+        for c, (low, high) in enumerate(zip(self.low, self.high)):
+            data[c] = (data[c] - low) / max(high - low, 1e-6) if high > low else 0.0
+        return rescale(data, self.scale).astype(np.float32, copy=False)
+
+
+def segment_file_blocks(path, out_path, segmenter, clock=None) -> tuple[int, int]:
+    """Segment the TIFF at `path` block by block into labels at `out_path` (atomic).
+
+    segmenter: a `pipeline.Segmenter` (its predictor, decode, zoom, model config and
+    settings.block_size / channel / progress). Labels are uint16 when the cells fit, else
+    uint32, with the input's pixel size. Returns (cells, pixels). Raises InputError when
+    the file cannot be read. clock(stage) is an optional timing context manager.
+    """
+    clock = clock or (lambda stage: contextlib.nullcontext())
+    settings, config = segmenter.settings, segmenter.loaded.config
+    with clock("read"):
+        regions, pixel_size = _open_regions(Path(path))
+    try:
+        with clock("read"):
+            try:
+                source = RegionSource(regions, config.in_channels, settings.channel,
+                                      segmenter.scale)
+            except READ_ERRORS as err:  # the percentile pass reads every pixel once
+                raise InputError(path, f"cannot read TIFF: {err}") from err
+        halo = halo_for(config.median_diameter, segmenter.scale)
+        blocks = plan_blocks(source.shape, settings.block_size, halo)
+
+        def predict(outer):
+            with clock("read"):
+                x = source.read(outer)
+            return segmenter.predictor.predict(x)
+
+        def decode(maps, outer):
+            with clock("decode"):
+                return segmenter.decode(maps, tuple(s.stop - s.start for s in outer))
+
+        n_cells = _write_labels(out_path, source.shape, blocks, predict, decode, pixel_size,
+                                settings.progress, Path(path).name, clock)
+    finally:
+        getattr(regions, "close", lambda: None)()
+    return n_cells, source.shape[0] * source.shape[1]
+
+
+def _open_regions(path: Path):
+    """A region reader for `path` and its pixel size; reading it whole as a fallback."""
+    from cellvit_cli.io import _pixel_size  # TODO: a public io.read_pixel_size(path)
+
+    try:
+        regions = TiffRegionReader(path)
+    except UnsupportedLayout as err:
+        log.warning("%s; reading it whole", err)
+        image = read_image(path)
+        return ArrayRegions(image.data), image.pixel_size
+    except READ_ERRORS as err:
+        raise InputError(path, f"cannot read TIFF: {err}") from err
+    try:
+        pixel_size = _pixel_size(regions._tif)
+    except READ_ERRORS:
+        pixel_size = None
+    return regions, pixel_size
+
+
+def _write_labels(out_path, shape, blocks, predict, decode, pixel_size, progress: bool,
+                  name: str, clock) -> int:
+    """Run `segment_blocks` into a uint32 temporary file, then narrow it to uint16 if the
+    cells fit, and move it to `out_path`."""
+    resolution = None
+    if pixel_size is not None:
+        resolution = {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]),
+                      "resolutionunit": "CENTIMETER"}
+    n_blocks = sum(len(row) for row in blocks)
+    with tqdm(total=n_blocks, unit="block", desc=name, leave=False, disable=not progress) as bar, \
+            atomic_path(out_path) as final:
+        wide = final.with_name(final.name + ".uint32.tif")
+        try:
+            result = segment_blocks(shape, blocks, predict, decode, wide, resolution, bar.update)
+            if result.n_cells <= UINT16_MAX:
+                with clock("write"):
+                    retype_tiled(wide, final, np.uint16, resolution)
+            else:
+                os.replace(wide, final)
+        finally:
+            wide.unlink(missing_ok=True)
+    return result.n_cells
