@@ -22,7 +22,6 @@ from scipy.optimize import linear_sum_assignment
 
 DEFAULT_IOU_THRESHS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 SCORE_NAMES = ("precision", "recall", "f1", "ap", "mean_matched_iou", "mean_true_iou", "pq")
-COUNT_NAMES = ("n_true", "n_pred", "tp", "fp", "fn")
 _MAX_DENSE_PAIRS = 1 << 22  # pair table of at most 4M counts (32 MB)
 _MAX_DIRECT_LABEL = 1 << 20  # larger label values are compacted first
 
