@@ -7,13 +7,12 @@ stardist.matching (`accuracy`).
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from scipy import ndimage as ndi
 from stardist.matching import matching, matching_dataset
 
 from cellvit_cli.postprocess import MODES, decode
 from cellvit_cli.targets import HEADS, make_targets
-
-from conftest import SHARED_DATA
 
 # Star is limited to star-convex shapes: its floor is lower at strict IoU.
 MIN_AP = {  # mode: (AP@0.5, AP@0.75, AP@0.9) on the stardist sample; measured 1 / >= .97 / >= .94

@@ -66,7 +66,8 @@ def check_maps(maps: Mapping[str, np.ndarray], mode: str) -> dict[str, np.ndarra
     if missing:
         raise ValueError(f"mode {mode!r} needs the {'/'.join(required_heads(mode))} head map(s); "
                          f"missing {missing}, got {sorted(maps)}")
-    checked = {head: as_float_map(maps[head], 3, f"maps[{head!r}]") for head in required_heads(mode)}
+    checked = {head: as_float_map(maps[head], 3, f"maps[{head!r}]")
+               for head in required_heads(mode)}
     shapes = {head: m.shape[1:] for head, m in checked.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"maps differ in (Y, X): {shapes}")
@@ -78,7 +79,8 @@ def check_maps(maps: Mapping[str, np.ndarray], mode: str) -> dict[str, np.ndarra
     return checked
 
 
-def decode(maps: Mapping[str, np.ndarray], mode: str, thresholds: Mapping | None = None) -> np.ndarray:
+def decode(maps: Mapping[str, np.ndarray], mode: str,
+           thresholds: Mapping | None = None) -> np.ndarray:
     """Instance labels from dense maps.
 
     maps: {head: float32 (C, Y, X)} (extra heads are ignored); mode: one of MODES;
@@ -93,4 +95,5 @@ def decode(maps: Mapping[str, np.ndarray], mode: str, thresholds: Mapping | None
         return decode_flow(maps["flow"][0], maps["flow"][1:], **th)
     if mode == "boundary":
         return decode_boundary(maps["boundary"][0], maps["boundary"][1], **th)
-    return decode_fused(maps["star"][0], maps["star"][1:], maps["boundary"][0], maps["boundary"][1], **th)
+    star, boundary = maps["star"], maps["boundary"]
+    return decode_fused(star[0], star[1:], boundary[0], boundary[1], **th)

@@ -20,7 +20,8 @@ def check_same_shape(shape: tuple[int, ...], **arrays: np.ndarray) -> None:
     """ValueError unless every array's last two dimensions equal `shape` (Y, X)."""
     for name, array in arrays.items():
         if array.shape[-2:] != tuple(shape):
-            raise ValueError(f"{name} has shape {array.shape}, expected (..., {shape[0]}, {shape[1]})")
+            raise ValueError(f"{name} has shape {array.shape}, "
+                             f"expected (..., {shape[0]}, {shape[1]})")
 
 
 def relabel(labels: np.ndarray, min_size: int = 0) -> np.ndarray:

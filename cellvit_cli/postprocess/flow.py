@@ -43,7 +43,8 @@ def follow_flows(prob: np.ndarray, flows: np.ndarray, prob_thresh: float = 0.5,
     ends = torch.from_numpy(np.asarray(ends)).int()
     with warnings.catch_warnings():  # torch's notice on unchecked sparse tensors
         warnings.simplefilter("ignore", UserWarning)
-        labels = dynamics.get_masks_torch(ends, inds, prob.shape, max_size_fraction=MAX_SIZE_FRACTION)
+        labels = dynamics.get_masks_torch(ends, inds, prob.shape,
+                                          max_size_fraction=MAX_SIZE_FRACTION)
     return labels.astype(np.int32)
 
 
