@@ -322,8 +322,9 @@ def _write_labels(out_path, shape, blocks, predict, decode, pixel_size, progress
         resolution = {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]),
                       "resolutionunit": "CENTIMETER"}
     n_blocks = sum(len(row) for row in blocks)
-    with tqdm(total=n_blocks, unit="block", desc=name, leave=False, disable=not progress) as bar, \
-            atomic_path(out_path) as final:
+    bar = tqdm(total=n_blocks, unit="block", desc=name, leave=False,
+               disable=None if progress else True)
+    with bar, atomic_path(out_path) as final:
         wide = final.with_name(final.name + ".uint32.tif")
         try:
             result = segment_blocks(shape, blocks, predict, decode, wide, resolution, bar.update)

@@ -1,0 +1,113 @@
+"""`cellvit segment`: label the cells of TIFF images (files, folders or globs)."""
+
+import logging
+from pathlib import Path
+
+import click
+
+MODE_CHOICES = ("auto", "star", "flow", "boundary", "fused")  # postprocess.MODES + auto
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines on stderr without breaking the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}",
+                   file=click.get_text_stream("stderr"))
+
+
+def _setup_logging() -> logging.Handler:
+    handler = _TqdmHandler(logging.INFO)
+    logger = logging.getLogger("cellvit_cli")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # our own line names a bad file
+    return handler
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <stem>_labels.tif and the exports (created if needed).")
+@click.option("--model", default=None,
+              help="Model folder or shipped model name. [default: the shipped default model]")
+@click.option("--mode", type=click.Choice(MODE_CHOICES), default="auto", show_default=True,
+              help="Which head(s) to decode; auto: the model's tuned default.")
+@click.option("--recursive", is_flag=True, help="Also take images from sub-folders.")
+@click.option("--pattern", default=None,
+              help="Only files of input folders whose name matches this glob, e.g. "
+                   "'*_dapi.tif'. [default: *.tif, *.tiff]")
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="Segment this channel (0-based). [default: the mean of all channels]")
+@click.option("--diameter", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Typical cell diameter in the images (px); images are zoomed so cells match "
+                   "the model's training size.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Zoom images by this factor before the network (instead of --diameter).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tiles per network batch (tiles of several images share a batch).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--tile-size", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Network tile size (px), rounded down to the model's patch multiple.")
+@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Overlap of neighbouring tiles (px); keep it above the largest cell.")
+@click.option("--block-mode", type=click.Choice(("auto", "on", "off")), default="auto",
+              show_default=True,
+              help="Segment big images block by block into a tiled BigTIFF (auto: images above "
+                   "16.8 Mpx).")
+@click.option("--overwrite", is_flag=True, help="Redo images whose outputs exist (default: skip).")
+@click.option("--roi", is_flag=True, help="Also write <stem>_rois.zip (ImageJ/Fiji ROIs).")
+@click.option("--geojson", is_flag=True, help="Also write <stem>.geojson (QuPath).")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
+@click.option("--measure", is_flag=True, help="Also write <stem>_cells.csv (per-cell measures).")
+@click.option("--save-maps", is_flag=True, help="Also write the dense maps, one TIFF per head.")
+def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter, scale,
+            batch_size, device, tile_size, overlap, block_mode, overwrite, roi, geojson, overlay,
+            measure, save_maps):
+    """Segment the cells of INPUT images (TIFF files, folders, globs) into OUT labels.
+
+    Writes OUT/<stem>_labels.tif per image (uint16, uint32 above 65,535 cells, with the
+    image's pixel size) and the exports asked for. Finished images are skipped unless
+    --overwrite, so an interrupted run resumes. Unreadable images are reported and skipped;
+    the exit code is 1 if any image failed.
+
+    \b
+    Examples:
+      cellvit segment sample_data -o out
+      cellvit segment 'plates/**/*.tif' --recursive -o out --diameter 25 --roi --measure
+    """
+    from cellvit_cli.inference.device import resolve_device
+    from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths
+    from cellvit_cli.modeling import ModelFolderError
+
+    if diameter is not None and scale is not None:
+        raise click.UsageError("give --diameter or --scale, not both")
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--device")
+    try:
+        settings = SegmentSettings(
+            model=model, mode=mode, channel=channel, diameter=diameter, scale=scale,
+            batch_size=batch_size, device=device, tile_size=tile_size, overlap=overlap,
+            block_mode=block_mode, overwrite=overwrite, roi=roi, geojson=geojson,
+            overlay=overlay, measure=measure, save_maps=save_maps, recursive=recursive,
+            pattern=pattern)
+    except ValueError as err:
+        raise click.UsageError(str(err))
+    handler = _setup_logging()
+    try:
+        report = segment_paths(inputs, out_dir, settings)
+    except ModelFolderError as err:
+        raise click.ClickException(str(err))
+    except ValueError as err:  # no inputs, clashing outputs, a mode the model cannot decode
+        raise click.UsageError(str(err))
+    finally:
+        logging.getLogger("cellvit_cli").removeHandler(handler)
+    click.echo(f"segment: {report.summary()}")
+    if report.failed:
+        raise SystemExit(1)
