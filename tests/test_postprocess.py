@@ -228,3 +228,15 @@ def test_boundary_tiny_seeds_are_flooded_from_a_neighbour():
     boundary[14, 15] = 0        # a one-pixel seed of noise
     pred = decode_boundary(fg, boundary, min_seed_size=4)
     assert pred.max() == 1 and (pred == 1).sum() == 16 * 16
+
+
+def test_star_nms_runs_on_one_openmp_thread_and_restores_it():
+    from cellvit_cli.postprocess.star import _one_openmp_thread, _stardist_openmp
+
+    gomp = _stardist_openmp()
+    if gomp is None:
+        pytest.skip("this stardist build has no bundled libgomp")
+    before = gomp.omp_get_max_threads()
+    with _one_openmp_thread():
+        assert gomp.omp_get_max_threads() == 1
+    assert gomp.omp_get_max_threads() == before

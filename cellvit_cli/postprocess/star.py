@@ -1,16 +1,27 @@
 """StarDist decoding: candidate polygons, non-maximum suppression, rendering to labels.
 
 stardist's own `non_maximum_suppression_inds` (greedy, in descending probability; ties
-in raster order) and `polygons_to_label` do the work. Candidates are the most probable pixel of each
-`block` x `block` tile whose probability exceeds `prob_thresh` (block 1: every pixel).
+in raster order) and `polygons_to_label` do the work. Candidates are the most probable
+pixel of each `block` x `block` tile whose probability exceeds `prob_thresh` (block 1:
+every pixel).
 Greedy NMS decides each candidate only from more probable ones, so the objects kept at a
 higher `prob_thresh` are exactly those kept at a lower one with probability above it
 (`training.tune` relies on this).
+
+stardist's NMS is OpenMP-parallel; on a busy machine (the network running beside decoding)
+its threads spin-wait for each other and one decoding took 10x longer than on one thread
+(docs/postprocessing.md). So the NMS runs on one thread of stardist's own bundled libgomp,
+which touches no other library's threads; parallelism belongs across images.
 """
 
+import ctypes
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import numpy as np
+import stardist
 from stardist import polygons_to_label
 from stardist.nms import non_maximum_suppression_inds
 
@@ -18,6 +29,28 @@ from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relab
 
 CANDIDATE_BLOCK = 2   # 2x2 block maxima: as accurate, faster (docs/postprocessing.md)
 BORDER = 2            # stardist's `b`: no candidates this close to the image border
+
+
+@cache
+def _stardist_openmp():
+    """stardist's bundled libgomp (a wheel's stardist.libs/), or None if it has none."""
+    libs = sorted((Path(stardist.__file__).parent.parent / "stardist.libs").glob("libgomp*.so*"))
+    return ctypes.CDLL(str(libs[0])) if libs else None
+
+
+@contextmanager
+def _one_openmp_thread():
+    """Run stardist's OpenMP code on one thread in this block (calling thread only)."""
+    gomp = _stardist_openmp()
+    if gomp is None:
+        yield
+        return
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        gomp.omp_set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -71,7 +104,8 @@ def star_nms(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
     order = np.argsort(-scores, kind="stable")
     points, scores = points[order], scores[order]
     rays = np.ascontiguousarray(dist[:, points[:, 0], points[:, 1]].T)
-    kept = non_maximum_suppression_inds(rays, points, scores, thresh=nms_thresh, verbose=False)
+    with _one_openmp_thread():
+        kept = non_maximum_suppression_inds(rays, points, scores, thresh=nms_thresh, verbose=False)
     return Polygons(points[kept], scores[kept], rays[kept])
 
 
