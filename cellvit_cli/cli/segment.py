@@ -47,8 +47,9 @@ def _setup_logging() -> logging.Handler:
                    "the model's training size.")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Zoom images by this factor before the network (instead of --diameter).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Tiles per network batch (tiles of several images share a batch).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Tiles per network batch (tiles of several images share a batch). "
+                   "[default: 8 on a GPU, 4 on the CPU]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--tile-size", type=click.IntRange(min=16), default=512, show_default=True,
@@ -58,7 +59,7 @@ def _setup_logging() -> logging.Handler:
 @click.option("--block-mode", type=click.Choice(("auto", "on", "off")), default="auto",
               show_default=True,
               help="Segment big images block by block into a tiled BigTIFF (auto: images above "
-                   "16.8 Mpx).")
+                   "3072 x 3072 px).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs exist (default: skip).")
 @click.option("--roi", is_flag=True, help="Also write <stem>_rois.zip (ImageJ/Fiji ROIs).")
 @click.option("--geojson", is_flag=True, help="Also write <stem>.geojson (QuPath).")

@@ -130,7 +130,9 @@ class SegmentSettings:
 
     scale: zoom applied to images before the network (None: from `diameter`, else 1);
     diameter: typical cell diameter in the input (px), giving scale = the model's median
-    training diameter / diameter. block_mode: 'auto' (images above `pixel_budget` pixels,
+    training diameter / diameter. batch_size: tiles per batch (None: 8 on a GPU, 4 on the
+    CPU, where a batch of 512 px tiles of ViT-tiny takes ~180 MB per tile). block_mode:
+    'auto' (images above `pixel_budget` pixels,
     after zoom), 'on' or 'off'. workers: decoding threads (None: half the CPU cores, 1-4).
     """
 
@@ -139,13 +141,13 @@ class SegmentSettings:
     channel: int | None = None
     diameter: float | None = None
     scale: float | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     device: str = "auto"
     tile_size: int = 512
     overlap: int = 64
     block_mode: str = "auto"
-    block_size: int = 2048
-    pixel_budget: int = 4096 * 4096
+    block_size: int = 1536          # block mode keeps ~2 blocks of maps (~136 B/px) in memory
+    pixel_budget: int = 3072 * 3072  # whole-image mode above this is 1.3 GB of maps
     overwrite: bool = False
     roi: bool = False
     geojson: bool = False
@@ -158,7 +160,7 @@ class SegmentSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        checks = [(self.batch_size >= 1, "batch size must be >= 1"),
+        checks = [(self.batch_size is None or self.batch_size >= 1, "batch size must be >= 1"),
                   (self.tile_size >= 16, "tile size must be >= 16"),
                   (0 <= self.overlap < self.tile_size, "overlap must be >= 0 and < tile size"),
                   (self.block_mode in BLOCK_MODES, f"block mode must be one of {BLOCK_MODES}"),
@@ -227,7 +229,8 @@ class Segmenter:
                              f"{loaded.path} has {', '.join(config.heads)}")
         self.device = device if device is not None else resolve_device(settings.device)
         network = DenseNetwork(loaded.model.to(self.device).eval(), heads)
-        self.predictor = Predictor(network, device=self.device, batch_size=settings.batch_size,
+        batch_size = settings.batch_size or (4 if self.device.type == "cpu" else 8)
+        self.predictor = Predictor(network, device=self.device, batch_size=batch_size,
                                    tile_size=settings.tile_size, overlap=settings.overlap)
         if settings.scale is not None:
             self.scale = float(settings.scale)
@@ -400,14 +403,22 @@ def _prepared(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar,
 
 
 def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar, clock) -> None:
-    workers = segmenter.settings.workers or max(1, min(4, (os.cpu_count() or 2) // 2))
+    """Predict images in shared batches; decode and write finished ones in worker threads.
+
+    At most `workers` images wait for decoding, and (beyond one) at most `pixel_budget`
+    pixels of maps, so memory stays bounded whatever the number of images.
+    """
+    settings = segmenter.settings
+    workers = settings.workers or max(1, min(4, (os.cpu_count() or 2) // 2))
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: deque[tuple[_Read, Future]] = deque()
+        pending: deque[tuple[_Read, int, Future]] = deque()
         stream = segmenter.predictor.predict_stream(_prepared(jobs, segmenter, report, bar, clock))
         for read, maps in stream:
-            pending.append((read, pool.submit(_finish, read, maps, segmenter, clock)))
+            pixels = int(np.prod(next(iter(maps.values())).shape[1:]))
+            pending.append((read, pixels, pool.submit(_finish, read, maps, segmenter, clock)))
             del maps
-            while len(pending) > workers:
+            while len(pending) > workers or (
+                    len(pending) > 1 and sum(p for _, p, _ in pending) > settings.pixel_budget):
                 _collect(*pending.popleft(), report, bar)
         while pending:
             _collect(*pending.popleft(), report, bar)
@@ -433,7 +444,7 @@ def _finish(read: _Read, maps: dict, segmenter: Segmenter, clock: _Clock) -> int
     return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
 
 
-def _collect(read: _Read, future: Future, report: SegmentReport, bar) -> None:
+def _collect(read: _Read, pixels: int, future: Future, report: SegmentReport, bar) -> None:
     try:
         report.cells += future.result()
         report.done += 1
