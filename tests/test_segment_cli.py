@@ -131,8 +131,9 @@ def test_find_inputs_folders_globs_patterns(tmp_path):
     assert names(find_inputs([tmp_path], recursive=True)) == ["sub/w", "x", "y", "z"]
     assert names(find_inputs([tmp_path], pattern="x*")) == ["x"]
     assert names(find_inputs([str(tmp_path / "*.tif")])) == ["x", "z"]
-    out = tmp_path / "sub"  # files in the output folder are never inputs
-    assert names(find_inputs([tmp_path], recursive=True, exclude=out)) == ["x", "y", "z"]
+    (tmp_path / "sub" / "w_labels.tif").write_bytes(b"")  # outputs are never inputs
+    assert names(find_inputs([tmp_path], recursive=True, exclude=tmp_path / "sub")) == [
+        "sub/w", "x", "y", "z"]
     (tmp_path / "x.tiff").write_bytes(b"")
     with pytest.raises(ValueError, match="same outputs"):
         find_inputs([tmp_path])

@@ -64,8 +64,8 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
     """(file, output name) for each input image, output names relative to the output folder.
 
     inputs: files (taken as given), folders (their *.tif/*.tiff, or files matching `pattern`;
-    subfolders too if `recursive`, mirrored in the output names) and globs. Files under
-    `exclude` (the output folder) are never taken from folders or globs. Raises ValueError
+    subfolders too if `recursive`, mirrored in the output names) and globs. Our own outputs
+    in `exclude` (the output folder) are never taken from folders or globs. Raises ValueError
     when nothing is found or two inputs would write the same outputs.
     """
     found: dict[Path, PurePath] = {}
@@ -97,11 +97,20 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
 
 
 def _wanted(path: Path, pattern: str | None, exclude: Path | None, check_suffix=True) -> bool:
-    if exclude is not None and path.resolve().is_relative_to(exclude.resolve()):
+    if exclude is not None and _is_output(path, exclude):
         return False
     if pattern is not None:
         return fnmatch.fnmatch(path.name, pattern)
     return not check_suffix or path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_output(path: Path, out_dir: Path) -> bool:
+    """Whether `path` is one of our outputs inside `out_dir` (e.g. a labels file)."""
+    if not path.resolve().is_relative_to(out_dir.resolve()):
+        return False
+    name = path.name.lower()
+    return (any(name.endswith(suffix) for suffix in export.OUTPUT_SUFFIXES.values())
+            or fnmatch.fnmatch(name, "*_maps_*.tif"))
 
 
 def _stem(name: str) -> str:
@@ -410,7 +419,10 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
     """
     settings = segmenter.settings
     workers = settings.workers or max(1, min(4, (os.cpu_count() or 2) // 2))
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+    tiles_bar = tqdm(unit="tile", desc="network", leave=False,
+                     disable=None if settings.progress else True)
+    segmenter.predictor.on_tiles = tiles_bar.update
+    with tiles_bar, ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[_Read, int, Future]] = deque()
         stream = segmenter.predictor.predict_stream(_prepared(jobs, segmenter, report, bar, clock))
         for read, maps in stream:
@@ -422,6 +434,7 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
                 _collect(*pending.popleft(), report, bar)
         while pending:
             _collect(*pending.popleft(), report, bar)
+    segmenter.predictor.on_tiles = None
 
 
 def _finish(read: _Read, maps: dict, segmenter: Segmenter, clock: _Clock) -> int:
