@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def nuclei():
-    """The stardist sample: image (512, 512) uint16 and labels (512, 512) uint16, 183 nuclei."""
+    """The stardist sample: image (512, 512) uint16 and labels (512, 512) int32: 125 nuclei (ids up to 183)."""
     from stardist.data import test_image_nuclei_2d
 
     image, labels = test_image_nuclei_2d(return_mask=True)

@@ -1,0 +1,96 @@
+"""Random training crops: dihedral transforms, scale and intensity jitter, then targets.
+
+Star and boundary targets are computed on each augmented crop (cheap, and exact under any
+flip, rotation or zoom); flows come from the per-image cache and are transformed with it.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from cellvit_cli.targets.boundary import boundary_targets
+from cellvit_cli.targets.star import star_targets
+from cellvit_cli.training.data import Sample
+
+MARGIN = 32  # px of context around a crop so that rays of objects cut by the crop stay true
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_size: int = 128
+    scale_range: tuple[float, float] = (0.7, 1.4)  # zoom, sampled log-uniformly
+    gain_range: tuple[float, float] = (0.6, 1.4)    # intensity * gain
+    offset_range: tuple[float, float] = (-0.1, 0.1)  # intensity + offset
+    gamma_range: tuple[float, float] = (0.7, 1.4)    # contrast: |x| ** gamma
+    noise_std: float = 0.03
+
+
+def dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate (..., Y, X) by k * 90 degrees (counter-clockwise), after an optional X flip."""
+    if flip:
+        array = array[..., ::-1]
+    return np.rot90(array, k, axes=(-2, -1))
+
+
+def dihedral_flows(flows: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """`dihedral` for a (2, Y, X) vector field of (dy, dx): moves pixels and turns vectors."""
+    dy, dx = flows[0], flows[1]
+    if flip:
+        dx = -dx
+    for _ in range(k % 4):  # rot90 counter-clockwise: (dy, dx) -> (-dx, dy)
+        dy, dx = -dx, dy
+    return dihedral(np.stack([dy, dx]), k, flip)
+
+
+def random_window(shape: tuple[int, int], size: int, rng: np.random.Generator) -> tuple[slice, slice]:
+    """A `size` x `size` window inside `shape` (or the whole axis where it is smaller)."""
+    starts = [rng.integers(0, max(n - size, 0) + 1) for n in shape]
+    return tuple(slice(s, s + size) for s in starts)
+
+
+def _fit(array: np.ndarray, size: int, order: int) -> np.ndarray:
+    """Zoom (..., y, x) to (..., size, size) with spline `order` (0 = nearest)."""
+    zoom = (1,) * (array.ndim - 2) + (size / array.shape[-2], size / array.shape[-1])
+    if zoom[-2:] == (1.0, 1.0):
+        return np.ascontiguousarray(array)
+    out = ndi.zoom(array, zoom, order=order, prefilter=False, grid_mode=True, mode="nearest")
+    return out[..., :size, :size]
+
+
+def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, max(size - n, 0)) for n in array.shape[-2:]]
+    return np.pad(array, pad) if any(p[1] for p in pad) else array
+
+
+def jitter_intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random gain, offset, gamma and Gaussian noise on a normalised (C, Y, X) image."""
+    gamma = np.exp(rng.uniform(*np.log(cfg.gamma_range)))
+    image = np.sign(image) * np.abs(image) ** gamma
+    image = image * rng.uniform(*cfg.gain_range) + rng.uniform(*cfg.offset_range)
+    return (image + rng.normal(0, cfg.noise_std, image.shape)).astype(np.float32)
+
+
+def random_crop(sample: Sample, heads: tuple[str, ...], n_rays: int, cfg: AugmentConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One augmented crop: image (C, S, S) float32 and {head: target (C_head, S, S)}."""
+    size = cfg.crop_size + 2 * MARGIN
+    scale = np.exp(rng.uniform(*np.log(cfg.scale_range)))
+    window = random_window(sample.labels.shape, int(round(size / scale)), rng)
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    labels = _pad_to(dihedral(sample.labels[window], k, flip), 1)
+    image = dihedral(sample.image[(slice(None), *window)], k, flip)
+    zoom_size = int(round(max(labels.shape) * scale))
+    labels = _pad_to(_fit(labels, min(zoom_size, size), 0), size)
+    image = _pad_to(_fit(image, min(zoom_size, size), 1), size)
+    inner = (slice(MARGIN, MARGIN + cfg.crop_size),) * 2
+    targets = {}
+    if "star" in heads:
+        targets["star"] = star_targets(labels, n_rays)[(slice(None), *inner)]
+    if "boundary" in heads:
+        targets["boundary"] = boundary_targets(labels[inner])
+    if "flow" in heads:
+        flows = dihedral_flows(sample.flows[(slice(None), *window)].astype(np.float32), k, flip)
+        flows = _pad_to(_fit(flows, min(zoom_size, size), 1), size)[(slice(None), *inner)]
+        targets["flow"] = np.concatenate([(labels[inner] > 0)[None], flows]).astype(np.float32)
+    return jitter_intensity(image[(slice(None), *inner)], cfg, rng), targets

@@ -1,0 +1,207 @@
+"""The training loop: AdamW with warm-up and cosine decay, validation, best checkpoint, resume."""
+
+import csv
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellvit_cli.inference.device import autocast, resolve_device
+from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
+from cellvit_cli.targets import HEADS
+from cellvit_cli.training.augment import AugmentConfig, random_crop
+from cellvit_cli.training.data import Sample, median_diameter
+from cellvit_cli.training.losses import total_loss
+from cellvit_cli.training.validate import modes_for, validation_maps, validation_scores
+
+CHECKPOINT_FILE, LOG_FILE = "checkpoint.pt", "train_log.csv"
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "vit_tiny_p16"
+    heads: tuple[str, ...] = HEADS
+    n_rays: int = 32
+    in_channels: int = 1
+    epochs: int = 100
+    steps_per_epoch: int | None = None   # default: one crop per training image and epoch
+    batch_size: int = 8
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    val_every: int = 1                   # epochs between validations
+    val_modes: tuple[str, ...] | None = None  # default: every mode the heads allow
+    device: str = "auto"
+    seed: int = 0
+    time_budget: float | None = None     # minutes; the schedule then follows time, not steps
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    seconds: float = 0.0                 # training time so far, kept across --resume
+
+
+def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
+    """LR multiplier: linear warm-up over `warmup_steps`, then cosine from 1 to 0.01 as
+    `progress` (fraction of the run done, by steps or by time) goes from 0 to 1."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_batch(samples: Sequence[Sample], cfg: TrainConfig, step: int
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Batch `step`: images (B, C, S, S) and {head: (B, C_head, S, S)}; same seed, same batch."""
+    rng = np.random.default_rng([cfg.seed, step])
+    crops = [random_crop(samples[i], cfg.heads, cfg.n_rays, cfg.augment, rng)
+             for i in rng.integers(len(samples), size=cfg.batch_size)]
+    images = torch.from_numpy(np.stack([c[0] for c in crops]))
+    return images, {h: torch.from_numpy(np.stack([c[1][h] for c in crops])) for h in cfg.heads}
+
+
+def prefetched_batches(samples, cfg: TrainConfig, steps: range) -> Iterator:
+    """`make_batch` for each step, the next one built in a thread beside the network."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(make_batch, samples, cfg, steps.start) if len(steps) else None
+        for step in steps:
+            batch = pending.result()
+            if step + 1 < steps.stop:
+                pending = pool.submit(make_batch, samples, cfg, step + 1)
+            yield batch
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule and output folder of one training run."""
+
+    def __init__(self, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
+                 out_dir: str | os.PathLike, cfg: TrainConfig):
+        self.train_samples, self.val_samples, self.cfg = train_samples, val_samples, cfg
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model: CellViT = build_model(cfg.variant, cfg.heads, cfg.in_channels,
+                                          cfg.n_rays).to(self.device)
+        self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_samples) / cfg.batch_size)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.state = TrainState()
+        self._epoch_started = time.time()
+        self.model_config = ModelConfig(cfg.variant, tuple(cfg.heads), cfg.in_channels, cfg.n_rays,
+                                        median_diameter=round(median_diameter(train_samples), 2))
+
+    def train_epoch(self, progress: bool) -> dict[str, float]:
+        """One epoch of steps; returns mean losses {'loss': .., '<head>_loss': ..}."""
+        from tqdm import tqdm
+
+        self.model.train()
+        start = self.state.epoch * self.steps_per_epoch
+        steps = range(start, start + self.steps_per_epoch)
+        sums: dict[str, float] = {}
+        bar = tqdm(prefetched_batches(self.train_samples, self.cfg, steps), total=len(steps),
+                   desc=f"epoch {self.state.epoch + 1}/{self.cfg.epochs}", disable=not progress,
+                   leave=False)
+        for images, targets in bar:
+            self._set_lr()
+            images = images.to(self.device)
+            targets = {h: t.to(self.device) for h, t in targets.items()}
+            with autocast(self.device):
+                raw = self.model(images)
+            loss, parts = total_loss(raw, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.state.step += 1
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        return {k if k == "loss" else f"{k}_loss": v / len(steps) for k, v in sums.items()}
+
+    def progress(self) -> float:
+        """Fraction of the run done: by time with a time budget, else by steps."""
+        if self.cfg.time_budget:
+            return (self.state.seconds + time.time() - self._epoch_started) / (60 * self.cfg.time_budget)
+        return self.state.step / (self.cfg.epochs * self.steps_per_epoch)
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.state.step, self.progress(), self.cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
+
+    def validate(self) -> dict[str, float]:
+        """{'ap50_<mode>': AP@0.5} on the validation samples with default thresholds."""
+        if not self.val_samples:
+            return {}
+        modes = self.cfg.val_modes or modes_for(self.cfg.heads)
+        maps = validation_maps(self.model, self.val_samples, self.device)
+        return {f"ap50_{m}": s for m, s in validation_scores(maps, self.val_samples, modes).items()}
+
+    def run(self, progress: bool = True) -> Path:
+        """Train until `cfg.epochs`, validating, logging and checkpointing each epoch."""
+        while self.state.epoch < self.cfg.epochs and self.progress() < 1.0:
+            self._epoch_started = time.time()
+            row = {"epoch": self.state.epoch + 1, "step": self.state.step + self.steps_per_epoch,
+                   **self.train_epoch(progress), "lr": self.optimizer.param_groups[0]["lr"]}
+            self.state.epoch += 1
+            last = self.state.epoch == self.cfg.epochs or self.progress() >= 1.0
+            if self.state.epoch % self.cfg.val_every == 0 or last:
+                row.update(self.validate())
+                self._keep_if_best(row)
+            row["seconds"] = round(time.time() - self._epoch_started, 2)
+            self.state.seconds += row["seconds"]
+            self._epoch_started = time.time()
+            self._log(row)
+            self.save_checkpoint()
+        if self.state.best_epoch < 0:  # no validation data: the last model is the model
+            save_model_folder(self.out_dir, self.model, self.model_config)
+        return self.out_dir
+
+    def _keep_if_best(self, row: dict) -> None:
+        scores = [v for k, v in row.items() if k.startswith("ap50_")]
+        score = float(np.mean(scores)) if scores else -row["loss"]
+        if score > self.state.best_score:
+            self.state.best_score, self.state.best_epoch = score, self.state.epoch
+            save_model_folder(self.out_dir, self.model, self.model_config)
+
+    def _log(self, row: dict) -> None:
+        path = self.out_dir / LOG_FILE
+        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+        rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to resume, written atomically to checkpoint.pt."""
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "state": asdict(self.state),
+                   "torch_rng": torch.get_rng_state()}
+        tmp = self.out_dir / f".{CHECKPOINT_FILE}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, self.out_dir / CHECKPOINT_FILE)
+
+    def load_checkpoint(self) -> None:
+        """Continue from checkpoint.pt in the output folder."""
+        path = self.out_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        payload = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(**payload["state"])
+        torch.set_rng_state(payload["torch_rng"])
