@@ -1,0 +1,170 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from click.testing import CliRunner
+
+from cellvit_cli.cli import main
+from cellvit_cli.preprocess import normalize_percentile
+from cellvit_cli.targets import clean_labels
+from cellvit_cli.targets.flow import flow_targets
+from cellvit_cli.targets.star import star_targets
+from cellvit_cli.training.augment import AugmentConfig, dihedral, dihedral_flows, random_crop
+from cellvit_cli.training.data import Sample, load_samples, pair_files
+from cellvit_cli.training.loop import Trainer, TrainConfig
+
+
+def quarters(array):
+    h, w = array.shape[0] // 2, array.shape[1] // 2
+    return [array[y:y + h, x:x + w] for y in (0, h) for x in (0, w)]
+
+
+@pytest.fixture
+def folders(tmp_path, nuclei):
+    """The stardist sample cut into 4 real 256x256 images with their masks."""
+    image, labels = nuclei
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    for i, (img, lbl) in enumerate(zip(quarters(image), quarters(labels))):
+        tifffile.imwrite(tmp_path / "images" / f"n{i}.tif", img)
+        tifffile.imwrite(tmp_path / "masks" / f"n{i}.tif", lbl.astype(np.uint16))
+    return tmp_path / "images", tmp_path / "masks"
+
+
+@pytest.fixture
+def sample(nuclei):
+    image, labels = nuclei
+    labels = clean_labels(labels)
+    return Sample("n", normalize_percentile(image[None]), labels,
+                  flow_targets(labels)[1:].astype(np.float16))
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("flip", [False, True])
+def test_dihedral_flows_equal_flows_of_transformed_labels(nuclei, k, flip):
+    labels = clean_labels(nuclei[1])
+    moved = dihedral_flows(flow_targets(labels)[1:], k, flip)
+    truth = flow_targets(np.ascontiguousarray(dihedral(labels, k, flip)))[1:]
+    close = np.abs(moved - truth).max(axis=0) < 1e-4
+    # cellpose picks each cell's centre as the pixel nearest its mean: ties may move it
+    assert close[labels > 0].mean() > 0.99
+
+
+def test_crops_have_consistent_image_and_targets(sample):
+    cfg = AugmentConfig(crop_size=96)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        image, targets = random_crop(sample, ("star", "flow", "boundary"), 32, cfg, rng)
+        assert image.shape == (1, 96, 96) and image.dtype == np.float32
+        fg = targets["boundary"][0] > 0
+        assert np.array_equal(fg, targets["flow"][0] > 0)
+        assert np.array_equal(fg, targets["star"][0] > 0)
+        assert np.all(targets["star"][1:][:, ~fg] == 0)
+
+
+def test_star_targets_of_a_crop_see_objects_beyond_its_edge(sample):
+    """Rays of objects cut by the crop keep their true length (the crop has a margin)."""
+    cfg = AugmentConfig(crop_size=64, scale_range=(1, 1), gamma_range=(1, 1))
+    full = star_targets(sample.labels)
+    rng = np.random.default_rng(3)
+    image, targets = random_crop(sample, ("star",), 32, cfg, rng)
+    # find the crop in the original by matching the image under all 8 transforms
+    matches = 0
+    for k in range(4):
+        for flip in (False, True):
+            truth = dihedral(full, k, flip)
+            for y in range(truth.shape[1] - 64 + 1):
+                for x in range(truth.shape[2] - 64 + 1):
+                    if np.array_equal(truth[0, y:y + 64, x:x + 64], targets["star"][0]):
+                        matches += 1
+                        break
+    assert matches >= 1
+
+
+def test_pairing_names_images_without_masks(folders, tmp_path):
+    images, masks = folders
+    (masks / "n3.tif").unlink()
+    with pytest.raises(ValueError, match="no mask for image.*n3.tif"):
+        pair_files(images, masks)
+
+
+def test_mismatched_shapes_and_binary_masks_are_refused(folders):
+    images, masks = folders
+    tifffile.imwrite(masks / "n0.tif", np.zeros((10, 10), np.uint16))
+    with pytest.raises(ValueError, match="n0.tif: mask shape"):
+        load_samples(pair_files(images, masks), 1, ("star",), progress=False)
+    binary = (tifffile.imread(masks / "n1.tif") > 0).astype(np.uint16)
+    tifffile.imwrite(masks / "n0.tif", binary)
+    with pytest.raises(ValueError, match="binary mask"):
+        load_samples(pair_files(images, masks), 1, ("star",), progress=False)
+
+
+def test_empty_masks_warn(folders):
+    images, masks = folders
+    tifffile.imwrite(masks / "n0.tif", np.zeros((256, 256), np.uint16))
+    with pytest.warns(UserWarning, match="n0.tif: no objects"):
+        load_samples(pair_files(images, masks)[:1], 1, ("star",), progress=False)
+
+
+def _trainer(samples, out, **changes):
+    cfg = TrainConfig(variant="vit_nano_p16", epochs=1, steps_per_epoch=3, batch_size=2,
+                      augment=AugmentConfig(crop_size=64), warmup_steps=1, device="cpu", **changes)
+    return Trainer(samples, [], out, cfg)
+
+
+def test_training_is_deterministic_with_a_seed(sample, tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        trainer = _trainer([sample], tmp_path / run)
+        losses.append(trainer.train_epoch(progress=False))
+    assert losses[0] == losses[1]
+
+
+def test_resume_continues_where_it_stopped(sample, tmp_path):
+    trainer = _trainer([sample], tmp_path, )
+    trainer.cfg.epochs = 2
+    trainer.out_dir.mkdir(exist_ok=True)
+    trainer.train_epoch(progress=False)
+    trainer.state.epoch = 1
+    trainer.save_checkpoint()
+    resumed = _trainer([sample], tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.state.step == 3 and resumed.state.epoch == 1
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(),
+                                                 resumed.model.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_tiny_model_loss_falls_on_real_nuclei(sample, tmp_path):
+    torch.manual_seed(0)
+    trainer = _trainer([sample], tmp_path, lr=2e-3)
+    trainer.steps_per_epoch = 60
+    first = trainer.train_epoch(progress=False)["loss"]
+    last = trainer.train_epoch(progress=False)["loss"]
+    assert last < 0.7 * first
+
+
+def test_train_cli_writes_a_complete_model_folder(folders, tmp_path):
+    images, masks = folders
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, [
+        "train", "--images", str(images), "--masks", str(masks), "--val-fraction", "0.25",
+        "--variant", "vit_nano_p16", "--epochs", "2", "--steps-per-epoch", "2",
+        "--batch-size", "2", "--crop-size", "64", "--device", "cpu", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "weights.pt", "thresholds.json", "train_log.csv",
+                 "training_curves.png", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    from cellvit_cli.modeling import load_model_folder
+    assert load_model_folder(out).config.median_diameter > 0
+
+
+def test_train_cli_refuses_masks_missing_for_images(folders, tmp_path):
+    images, masks = folders
+    (masks / "n2.tif").unlink()
+    result = CliRunner().invoke(main, ["train", "--images", str(images), "--masks", str(masks),
+                                       "-o", str(tmp_path / "m")])
+    assert result.exit_code != 0
+    assert "no mask for image(s) n2.tif" in result.output
