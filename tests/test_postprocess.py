@@ -151,11 +151,20 @@ def test_star_with_every_pixel_equals_stardist(maps, labels):
 def test_candidate_points_are_block_maxima():
     prob = np.zeros((8, 8), np.float32)
     prob[3, 2], prob[2, 3], prob[2, 4], prob[5, 5] = 0.9, 0.85, 0.8, 0.4
-    assert candidate_points(prob, 0.5, block=2).tolist() == [[3, 2], [2, 4]]
-    assert candidate_points(prob, 0.3, block=4).tolist() == [[3, 2], [2, 4], [5, 5]]
-    assert len(candidate_points(prob, 0.3, block=1)) == 4
+    assert candidate_points(prob, 0.5, block=2, radius=0).tolist() == [[3, 2], [2, 4]]
+    assert candidate_points(prob, 0.3, block=4, radius=0).tolist() == [[3, 2], [2, 4], [5, 5]]
+    assert len(candidate_points(prob, 0.3, block=1, radius=0)) == 4
     prob[0, 0] = prob[7, 7] = 1.0  # within the border of 2
-    assert len(candidate_points(prob, 0.95, block=2)) == 0
+    assert len(candidate_points(prob, 0.95, block=2, radius=0)) == 0
+
+
+def test_candidate_points_are_local_maxima_of_eligible_pixels():
+    prob = np.zeros((10, 10), np.float32)
+    prob[4, 4], prob[4, 5], prob[7, 7] = 0.9, 0.8, 0.6  # (4, 5) is beside a higher pixel
+    assert candidate_points(prob, 0.5, block=1).tolist() == [[4, 4], [7, 7]]
+    prob[1, 4] = 1.0  # in the border: not a candidate, and it hides nothing
+    prob[2, 4] = 0.7
+    assert candidate_points(prob, 0.5, block=1).tolist() == [[2, 4], [4, 4], [7, 7]]
 
 
 def test_star_nms_at_a_higher_threshold_is_a_filter(maps):
