@@ -62,7 +62,7 @@ def test_plan_tiles_covers_every_pixel_property():
         shape = tuple(int(n) for n in rng.integers(1, 700, size=2))
         tiles = plan_tiles(shape, tile_size, overlap, multiple)
         assert coverage(shape, tiles).min() >= 1
-        ty, tx = tile_shape(shape, tile_size, multiple)
+        ty, tx = tile_shape(shape, tile_size, multiple, overlap)
         assert ty % multiple == 0 and tx % multiple == 0 and ty <= tile_size and tx <= tile_size
         for ys, xs in tiles:
             assert (ys.stop - ys.start, xs.stop - xs.start) == (ty, tx)
@@ -72,6 +72,13 @@ def test_plan_tiles_covers_every_pixel_property():
         for axis, n in enumerate((ty, tx)):
             starts = sorted({t[axis].start for t in tiles})
             assert all(b - a <= n - min(overlap, n - 1) for a, b in zip(starts, starts[1:]))
+
+
+def test_tiles_shrink_to_what_covers_the_image():
+    assert tile_shape((1024, 1000), 512, 16, 64) == (384, 384)  # 3 x 3 tiles either way
+    assert tile_shape((2048, 100), 512, 16, 64) == (464, 112)  # 5 tiles: 5 x 464 - 4 x 64 >= 2048
+    tiles = plan_tiles((1024, 1024), 512, 64, 16)
+    assert len(tiles) == 9 and tiles[1][1].start == 320  # overlaps of exactly 64
 
 
 def test_plan_tiles_rejects_bad_arguments():
