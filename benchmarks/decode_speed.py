@@ -1,0 +1,129 @@
+"""Seconds per 1024x1024 image for each decoding mode, on realistic maps.
+
+The maps are the targets of a 2x2 mosaic of DSB validation masks (512x512 crops), blurred
+(Gaussian, sigma 1 px), with noise (sd 0.05) and probabilities scaled by 0.9: roughly what a
+trained model gives. Each decoding runs `--repeats` times; the fastest is reported (the
+machine is shared), wall and CPU seconds, with AP@0.5/0.75 against the mosaic labels.
+With `--tune N`, also times `training.tune.tune_thresholds` on the first N validation images
+(degraded targets as maps); with `--roundtrip N`, reports the pooled AP of decoding the
+exact targets of the first N validation images (the round trip, as in tests/test_roundtrip.py).
+
+    python benchmarks/decode_speed.py [--repeats 3] [--tune N] [--roundtrip N]
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cellvit_cli.metrics import average_precision
+from cellvit_cli.postprocess import decode
+from cellvit_cli.postprocess.star import decode_star
+from cellvit_cli.targets import HEADS, make_targets
+
+DSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+RUNS = [  # (name, mode, thresholds)
+    ("star", "star", None),
+    ("flow", "flow", None),
+    ("flow, no flow-error check", "flow", {"flow": {"flow_thresh": 0}}),
+    ("boundary", "boundary", None),
+    ("fused", "fused", None),
+]
+
+
+def val_masks(n: int | None = None) -> list[np.ndarray]:
+    ids = (DSB / "splits" / "fluo_val.txt").read_text().split()[:n]
+    return [tifffile.imread(DSB / "train" / "masks" / f"{i}.tif").astype(np.int32) for i in ids]
+
+
+def mosaic(masks: list[np.ndarray], size: int = 1024, crop: int = 512) -> np.ndarray:
+    """(size, size) int32 labels tiled from the `crop` x `crop` corners with most nuclei."""
+    crops = sorted((m[:crop, :crop] for m in masks), key=lambda c: -len(np.unique(c)))
+    out = np.zeros((size, size), np.int32)
+    tiles = [(y, x) for y in range(0, size, crop) for x in range(0, size, crop)]
+    for (y, x), part in zip(tiles, crops):
+        out[y:y + part.shape[0], x:x + part.shape[1]] = np.where(part > 0, part + out.max(), 0)
+    return out
+
+
+def degrade(maps: dict, sigma=1.0, noise=0.05, scale=0.9, seed=0) -> dict:
+    """Targets made to look predicted: blurred, noisy, probabilities scaled."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for head, m in maps.items():
+        m = ndi.gaussian_filter(m, (0, sigma, sigma)) + rng.normal(0, noise, m.shape)
+        m[0] = np.clip(m[0] * scale, 0, 1)
+        if head == "boundary":
+            m[1] = np.clip(m[1], 0, 1)
+        out[head] = m.astype(np.float32)
+    return out
+
+
+def best_time(fn, repeats: int):
+    """(wall seconds, CPU seconds of this process) of the fastest run, and its result."""
+    runs, result = [], None
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        runs.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return min(runs), result
+
+
+def decode_speed(repeats: int) -> None:
+    labels = mosaic(val_masks())
+    maps = degrade(make_targets(labels, HEADS))
+    decode(maps, "flow")  # numba compilation and cellpose import, not timed
+    print(f"1024x1024 mosaic, {len(np.unique(labels)) - 1} nuclei, best of {repeats}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'mode':34s} {'wall s':>7s} {'CPU s':>7s} {'AP@0.5':>7s} {'AP@0.75':>7s}")
+    runs = [(name, lambda m=mode, t=th: decode(maps, m, t)) for name, mode, th in RUNS]
+    runs.append(("star, every pixel a candidate",
+                 lambda: decode_star(maps["star"][0], maps["star"][1:], block=1)))
+    for name, fn in runs:
+        (wall, cpu), pred = best_time(fn, repeats)
+        aps = [average_precision([labels], [pred], t) for t in (0.5, 0.75)]
+        print(f"{name:34s} {wall:7.2f} {cpu:7.2f} {aps[0]:7.3f} {aps[1]:7.3f}")
+
+
+def tune_speed(n: int) -> None:
+    from cellvit_cli.training.tune import tune_thresholds
+
+    labels = val_masks(n)
+    maps = [degrade(make_targets(lab, HEADS)) for lab in labels]
+    for mode in ("star", "flow", "boundary", "fused"):
+        (wall, cpu), tuned = best_time(lambda m=mode: tune_thresholds(maps, labels, [m]), 1)
+        print(f"tune {mode} on {n} images: {wall:.0f} s wall, {cpu:.0f} s CPU, {tuned[mode]}, "
+              f"AP@0.5 {tuned['scores'][mode]['ap50']:.3f}")
+
+
+def roundtrip(n: int) -> None:
+    labels = val_masks(n)
+    maps = [make_targets(lab, HEADS) for lab in labels]
+    print(f"round trip on {n} validation images, {sum(lab.max() for lab in labels)} nuclei")
+    for mode in ("star", "flow", "boundary", "fused"):
+        preds = [decode(m, mode) for m in maps]
+        aps = [average_precision(labels, preds, t) for t in (0.5, 0.75, 0.9)]
+        print(f"{mode:10s} AP@0.5 {aps[0]:.3f}  AP@0.75 {aps[1]:.3f}  AP@0.9 {aps[2]:.3f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="also time threshold tuning on N validation images")
+    parser.add_argument("--roundtrip", type=int, default=0, metavar="N",
+                        help="report the round-trip AP on N validation images instead")
+    args = parser.parse_args()
+    if args.roundtrip:
+        roundtrip(args.roundtrip)
+        sys.exit()
+    decode_speed(args.repeats)
+    if args.tune:
+        tune_speed(args.tune)
