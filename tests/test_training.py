@@ -147,11 +147,12 @@ def test_tiny_model_loss_falls_on_real_nuclei(sample, tmp_path):
 
 
 def test_train_cli_writes_a_complete_model_folder(folders, tmp_path):
+    """One head: an untrained model's star maps make NMS quadratic (tested in test_tune)."""
     images, masks = folders
     out = tmp_path / "model"
     result = CliRunner().invoke(main, [
         "train", "--images", str(images), "--masks", str(masks), "--val-fraction", "0.25",
-        "--variant", "vit_nano_p16", "--epochs", "2", "--steps-per-epoch", "2",
+        "--variant", "vit_nano_p16", "--heads", "boundary", "--epochs", "2", "--steps-per-epoch", "2",
         "--batch-size", "2", "--crop-size", "64", "--device", "cpu", "-o", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("config.json", "weights.pt", "thresholds.json", "train_log.csv",

@@ -31,6 +31,8 @@ from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relab
 CANDIDATE_BLOCK = 2   # 2x2 block maxima: as accurate, faster (docs/postprocessing.md)
 BORDER = 2            # stardist's `b`: no candidates this close to the image border
 LOCAL_MAX_RADIUS = 1  # candidates must be maxima of their 3x3 neighbourhood
+MAX_CANDIDATE_DENSITY = 1 / 32  # at most one candidate per 32 px: binds only on noise-like
+                                # maps (an untrained model's), where NMS would take minutes
 
 
 @cache
@@ -119,7 +121,7 @@ def star_nms(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
         return Polygons(points.reshape(0, 2), np.zeros(0, np.float32),
                         np.zeros((0, n_rays), np.float32))
     scores = prob[points[:, 0], points[:, 1]]
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable")[:max(1, int(prob.size * MAX_CANDIDATE_DENSITY))]
     points, scores = points[order], scores[order]
     rays = np.ascontiguousarray(dist[:, points[:, 0], points[:, 1]].T)
     with _one_openmp_thread():
