@@ -1,33 +1,14 @@
-"""Validation during training: whole-image prediction and AP@0.5 per decoding mode."""
+"""Validation during training: dense maps as `segment` makes them, AP@0.5 per decoding mode."""
 
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cellvit_cli.metrics import average_precision
-from cellvit_cli.modeling import CellViT, activate
+from cellvit_cli.modeling import CellViT
 from cellvit_cli.postprocess import decode, required_heads
 from cellvit_cli.training.data import Sample
-
-
-@torch.inference_mode()
-def predict_maps(model: CellViT, image: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
-    """Dense maps {head: float32 (C, Y, X)} of one normalised (C, Y, X) image, in one pass.
-
-    The image is padded (reflect) to a multiple of `model.size_multiple`. For images too
-    large for one pass, use `cellvit_cli.inference`, which tiles.
-    """
-    m = model.size_multiple
-    y, x = image.shape[-2:]
-    pad = (0, -x % m, 0, -y % m)
-    batch = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
-    mode = "reflect" if min(y, x) > max(pad) else "replicate"
-    batch = F.pad(batch, pad, mode=mode) if any(pad) else batch
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        maps = activate(model(batch))
-    return {h: v[0, :, :y, :x].float().cpu().numpy() for h, v in maps.items()}
 
 
 def modes_for(heads: Sequence[str]) -> list[str]:
@@ -39,12 +20,21 @@ def modes_for(heads: Sequence[str]) -> list[str]:
 
 def validation_maps(model: CellViT, samples: Sequence[Sample], device: torch.device
                     ) -> list[dict[str, np.ndarray]]:
+    """Dense maps of every sample, tiled and stitched exactly as `cellvit segment` does, so
+    thresholds tuned on them hold for segmentation."""
+    from cellvit_cli.inference import DenseNetwork, Predictor, SegmentSettings
+
+    settings = SegmentSettings(progress=False)
+    predictor = Predictor(DenseNetwork(model, tuple(model.heads)), device=device,
+                          batch_size=settings.batch_size or 4, tile_size=settings.tile_size,
+                          overlap=settings.overlap)
     was_training = model.training
     model.eval()
     try:
-        return [predict_maps(model, s.image, device) for s in samples]
+        maps = dict(predictor.predict_stream((i, s.image) for i, s in enumerate(samples)))
     finally:
         model.train(was_training)
+    return [maps[i] for i in range(len(samples))]
 
 
 def validation_scores(maps: Sequence[dict], samples: Sequence[Sample], modes: Sequence[str],
