@@ -102,6 +102,10 @@ def test_block_mode_writes_a_tiled_bigtiff(inputs, tmp_path, model_dir):
         assert tif.is_bigtiff and page.is_tiled and page.dtype == np.uint16
         assert page.shape == (120, 160) and page.asarray().max() > 50
     assert read_image(out / "a_labels.tif").pixel_size == pytest.approx((0.5, 0.5))
+    # block mode writes no exports: asking for them does not make the image undone
+    result = _run(inputs / "a.tif", "-o", out, "--model", model_dir, "--block-mode", "on",
+                  "--roi")
+    assert "0 image(s) done, 1 skipped" in result.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -49,14 +49,24 @@ class Job:
     outputs: dict[str, Path]
 
     def is_done(self, exports: dict[str, bool], heads=()) -> bool:
-        """Whether the labels and every export asked for already exist (maps: of `heads`)."""
-        wanted = [self.outputs["labels"]]
+        """Whether the labels and every export asked for already exist (maps: of `heads`).
+        Labels from block mode (a tiled BigTIFF) are done without exports: it makes none."""
+        labels = self.outputs["labels"]
+        wanted = []
         for name, on in exports.items():
             if on and name == "maps":
                 wanted += [export.maps_path(self.outputs["maps"], head) for head in heads]
             elif on:
                 wanted.append(self.outputs[name])
-        return all(path.exists() for path in wanted)
+        return labels.exists() and (all(p.exists() for p in wanted) or _from_blocks(labels))
+
+
+def _from_blocks(labels_path: Path) -> bool:
+    try:
+        with tifffile.TiffFile(labels_path) as tif:
+            return tif.is_bigtiff and tif.pages.first.is_tiled
+    except _READ_ERRORS:
+        return False
 
 
 def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
@@ -140,9 +150,9 @@ class SegmentSettings:
     scale: zoom applied to images before the network (None: from `diameter`, else 1);
     diameter: typical cell diameter in the input (px), giving scale = the model's median
     training diameter / diameter. batch_size: tiles per batch (None: 8 on a GPU, 4 on the
-    CPU, where a batch of 512 px tiles of ViT-tiny takes ~180 MB per tile). block_mode:
-    'auto' (images above `pixel_budget` pixels,
-    after zoom), 'on' or 'off'. workers: decoding threads (None: half the CPU cores, 1-4).
+    CPU, where ViT-tiny takes ~180 MB per 512 px tile). block_mode: 'auto' (images above
+    `pixel_budget` pixels after zoom), 'on' or 'off'. workers: decoding threads (None: half
+    the CPU cores, 1 to 4). progress: tqdm bars on stderr (shown on terminals only).
     """
 
     model: str | os.PathLike | None = None
@@ -281,13 +291,17 @@ def segment_array(image: np.ndarray, model=None, settings: SegmentSettings | Non
                   ) -> np.ndarray:
     """Segment one image held in memory.
 
-    image: (Y, X) or (C, Y, X), any real dtype; model: a `Segmenter`, a `LoadedModel`, a
-    model folder or shipped name (None: settings.model, else the default model). Returns
+    image: (Y, X) or (C, Y, X), any real dtype; model: a `Segmenter` (built once, reused:
+    its settings apply), a `LoadedModel`, a model folder or shipped name (None:
+    settings.model, else the default model). Returns
     int32 labels (Y, X), 0 = background. (Whole-image mode: for images that do not fit in
     memory, use `segment_paths`, which switches to block mode.)
     """
-    settings = settings or SegmentSettings(progress=False)
-    segmenter = model if isinstance(model, Segmenter) else Segmenter.from_settings(settings, model)
+    if isinstance(model, Segmenter):
+        segmenter, settings = model, settings or model.settings
+    else:
+        settings = settings or SegmentSettings(progress=False)
+        segmenter = Segmenter.from_settings(settings, model)
     data = np.asarray(image)
     data = data[np.newaxis] if data.ndim == 2 else data
     if data.ndim != 3:
