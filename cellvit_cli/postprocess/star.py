@@ -2,11 +2,13 @@
 
 stardist's own `non_maximum_suppression_inds` (greedy, in descending probability; ties
 in raster order) and `polygons_to_label` do the work. Candidates are the most probable
-pixel of each `block` x `block` tile whose probability exceeds `prob_thresh` (block 1:
-every pixel).
-Greedy NMS decides each candidate only from more probable ones, so the objects kept at a
-higher `prob_thresh` are exactly those kept at a lower one with probability above it
-(`training.tune` relies on this).
+pixel of each `block` x `block` tile whose probability exceeds `prob_thresh` and that is a
+local maximum, at most the MAX_CANDIDATE_DENSITY most probable (stardist's own decoding
+takes every pixel; the APs are the same on every set measured, docs/postprocessing.md).
+Greedy NMS decides each candidate only from more probable ones, and neither the local
+maxima nor the cap depend on `prob_thresh`, so the objects kept at a higher `prob_thresh`
+are exactly those kept at a lower one with probability above it (`training.tune` relies
+on this).
 
 stardist's NMS is OpenMP-parallel; on a busy machine (the network running beside decoding)
 its threads spin-wait for each other and one decoding took 10x longer than on one thread
@@ -97,9 +99,10 @@ def is_local_max(prob: np.ndarray, points: np.ndarray, radius: int) -> np.ndarra
     """(N,) bool: whether each (y, x) point is a maximum of `prob` within `radius` pixels
     (pixels that may not be candidates are -inf in `prob`, so they never win).
 
-    An object's best candidate is always a local maximum, so greedy NMS keeps the same
-    objects; blurry maps (an early model's) no longer give hundreds of thousands of
-    overlapping candidates, which made NMS take minutes per image.
+    An object's most probable pixel is a local maximum, and greedy NMS keeps it first, so
+    the same objects are found on well-formed maps (not guaranteed on any map); blurry maps
+    (an early model's) no longer give hundreds of thousands of overlapping candidates,
+    which made NMS take minutes per image.
     """
     if radius == 0 or len(points) == 0:
         return np.ones(len(points), bool)
