@@ -16,9 +16,12 @@ Cellpose's learning-rate schedule is fixed by n_epochs before training starts (1
 epochs, then constant, halving over the last 100 epochs when n_epochs > 300), so the budget
 sets n_epochs and nimg_per_epoch up front: a short calibration (a few training steps and
 validation batches on a copy of the network, counted inside the budget) gives seconds per
-image; the run keeps the default 500 epochs and sizes nimg_per_epoch (a multiple of the
-batch, at most the whole set) so that training plus its validation every 10 epochs fills
-the budget, or uses the whole set per epoch and as many epochs as fit when that is more.
+image; nimg_per_epoch is the whole set, or the largest multiple of the batch with which the
+default 500 epochs fit, and n_epochs is then as many epochs (training plus the validation
+every 10th) as fit in the budget: 500 or more, fewer only when even one batch per epoch
+is too slow for 500.
+The validation loss (logged, not used to pick weights: Cellpose keeps the last epoch) is
+computed on a fixed subset of 16 fluo_val images, so that nearly all the budget trains.
 The actual training time is measured and reported; it can differ from the plan by the
 calibration's error. Computing flows before training is timed apart (outside the budget,
 like our target cache). The model (a Cellpose weights file) and train_summary.json go
@@ -41,6 +44,7 @@ DEFAULTS = {"learning_rate": 0.2, "weight_decay": 1e-5, "momentum": 0.9, "SGD": 
             "batch_size": 8, "bsize": 224, "min_train_masks": 5, "scale_range": 0.5}
 DEFAULT_EPOCHS = 500         # cellpose CLI --n_epochs default
 VAL_EVERY = 10               # train_seg evaluates the validation loss at epoch 5 and every 10th
+VAL_IMAGES = 16              # ... on this many fluo_val images (a fixed subset: seed 42)
 MODEL_NAME = "cellpose_dsb_fluo"
 
 
@@ -124,16 +128,14 @@ def plan(budget_s: float, n_train: int, n_val: int, speed: dict, epochs: int) ->
         n_validations = len({5} & set(range(n_epochs)) | set(range(0, n_epochs, VAL_EVERY)))
         return n_epochs * batches * bs * t_img + n_validations * n_val * t_val
 
-    full_epoch = cost(1, n_train) + n_val * t_val / VAL_EVERY
-    if epochs * full_epoch <= budget_s:   # the whole set every epoch, as many epochs as fit
-        per_epoch, n_epochs = n_train, max(1, int(budget_s // full_epoch))
-    else:
-        per_epoch = n_train
-        while per_epoch > bs and cost(epochs, per_epoch) > budget_s:
-            per_epoch -= bs if per_epoch % bs == 0 else per_epoch % bs
-        n_epochs = epochs
-        while n_epochs > 1 and cost(n_epochs, per_epoch) > budget_s:
-            n_epochs -= 1
+    per_epoch = n_train                   # shrink epochs (by whole batches) until `epochs` fit
+    while per_epoch > bs and cost(epochs, per_epoch) > budget_s:
+        per_epoch -= bs if per_epoch % bs == 0 else per_epoch % bs
+    n_epochs = max(1, int(budget_s // cost(1, per_epoch)))   # then as many epochs as fit
+    while n_epochs > 1 and cost(n_epochs, per_epoch) > budget_s:
+        n_epochs -= 1
+    while cost(n_epochs + 1, per_epoch) <= budget_s:
+        n_epochs += 1
     return {"n_epochs": n_epochs, "nimg_per_epoch": per_epoch,
             "planned_seconds": round(cost(n_epochs, per_epoch), 1)}
 
@@ -154,7 +156,8 @@ def train_model(args: argparse.Namespace) -> dict:
                                  nchan=2, device=torch.device("cpu"))
     with watch("flows"):
         prep = prepare(x_train, y_train, x_val, y_val, model.net)
-    n_train, n_val = len(prep["train_data"]), len(prep["test_data"] or [])
+    n_train = len(prep["train_data"])
+    n_val = min(VAL_IMAGES, len(prep["test_data"] or []))
     print(f"flows and normalisation: {watch.seconds['flows']:.0f} s; {n_train} training images "
           f"with >= {DEFAULTS['min_train_masks']} objects")
 
@@ -175,7 +178,8 @@ def train_model(args: argparse.Namespace) -> dict:
             momentum=DEFAULTS["momentum"], SGD=DEFAULTS["SGD"],
             batch_size=DEFAULTS["batch_size"], bsize=DEFAULTS["bsize"],
             min_train_masks=DEFAULTS["min_train_masks"], n_epochs=schedule["n_epochs"],
-            nimg_per_epoch=schedule["nimg_per_epoch"], save_path=str(args.out),
+            nimg_per_epoch=schedule["nimg_per_epoch"], nimg_test_per_epoch=n_val or None,
+            save_path=str(args.out),
             model_name=MODEL_NAME)
     train_seconds = watch.seconds["train"] + watch.seconds["calibration"]
     return {
