@@ -24,7 +24,7 @@ import tifffile
 from tqdm.auto import tqdm
 
 from cellvit_cli import export
-from cellvit_cli.inference.blocks import segment_file_blocks
+from cellvit_cli.inference.blocks import READ_ERRORS, segment_file_blocks
 from cellvit_cli.inference.device import resolve_device
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.io import InputError, read_image, write_labels
@@ -33,7 +33,6 @@ from cellvit_cli.preprocess import prepare, resize_labels
 log = logging.getLogger(__name__)
 
 PREFETCH = 2                      # images read ahead of the network
-_READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
 BLOCK_MODES = ("auto", "on", "off")
 
 
@@ -65,7 +64,7 @@ def _from_blocks(labels_path: Path) -> bool:
     try:
         with tifffile.TiffFile(labels_path) as tif:
             return tif.is_bigtiff and tif.pages.first.is_tiled
-    except _READ_ERRORS:
+    except READ_ERRORS:
         return False
 
 
@@ -374,7 +373,7 @@ def _image_shape(path: Path) -> tuple[int, int] | None:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape = tuple(n for n, a in zip(series.shape, series.axes) if a in "YX")
-    except (*_READ_ERRORS, IndexError):
+    except (*READ_ERRORS, IndexError):
         return None
     finally:
         tiff_log.setLevel(level)
