@@ -11,7 +11,8 @@ from cellvit_cli.preprocess import normalize_percentile
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
 from cellvit_cli.targets.star import star_targets
-from cellvit_cli.training.augment import AugmentConfig, dihedral, dihedral_flows, random_crop
+from cellvit_cli.training.augment import (MARGIN, AugmentConfig, CropGeometry, crop_at, dihedral,
+                                          dihedral_flows, random_crop)
 from cellvit_cli.training.data import Sample, load_samples, pair_files
 from cellvit_cli.training.loop import Trainer, TrainConfig
 
@@ -66,21 +67,31 @@ def test_crops_have_consistent_image_and_targets(sample):
 
 def test_star_targets_of_a_crop_see_objects_beyond_its_edge(sample):
     """Rays of objects cut by the crop keep their true length (the crop has a margin)."""
-    cfg = AugmentConfig(crop_size=64, scale_range=(1, 1), gamma_range=(1, 1))
-    full = star_targets(sample.labels)
-    rng = np.random.default_rng(3)
-    image, targets = random_crop(sample, ("star",), 32, cfg, rng)
-    # find the crop in the original by matching the image under all 8 transforms
-    matches = 0
-    for k in range(4):
-        for flip in (False, True):
-            truth = dihedral(full, k, flip)
-            for y in range(truth.shape[1] - 64 + 1):
-                for x in range(truth.shape[2] - 64 + 1):
-                    if np.array_equal(truth[0, y:y + 64, x:x + 64], targets["star"][0]):
-                        matches += 1
-                        break
-    assert matches >= 1
+    from scipy import ndimage as ndi
+
+    y0, x0, crop = 0, 20, 64  # three objects cut by this crop lie inside its margin
+    size = crop + 2 * MARGIN
+    window = (slice(y0, y0 + size), slice(x0, x0 + size))
+    _, targets = crop_at(sample, CropGeometry(window, 0, False, 1.0), ("star",), 32, crop)
+    inner = (slice(y0 + MARGIN, y0 + MARGIN + crop), slice(x0 + MARGIN, x0 + MARGIN + crop))
+    full = star_targets(sample.labels)[(slice(None), *inner)]
+    labels = sample.labels[inner]
+    inside = [i for i, box in enumerate(ndi.find_objects(sample.labels), 1) if box is not None
+              and all(b.start >= w.start and b.stop <= w.stop for b, w in zip(box, window))]
+    fits = np.isin(labels, inside) & (labels > 0)
+    cut = fits & np.isin(labels, np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    assert cut.any()  # some objects are cut by the crop's edge
+    assert np.allclose(targets["star"][:, fits], full[:, fits])
+
+
+def test_rotated_crop_has_the_targets_of_rotated_labels(sample):
+    crop, size = 64, 64 + 2 * MARGIN
+    window = (slice(60, 60 + size), slice(200, 200 + size))
+    for k, flip in [(1, False), (2, True), (3, True)]:
+        _, targets = crop_at(sample, CropGeometry(window, k, flip, 1.0), ("star", "boundary"), 32, crop)
+        moved = np.ascontiguousarray(dihedral(sample.labels[window], k, flip))
+        inner = (slice(None), slice(MARGIN, MARGIN + crop), slice(MARGIN, MARGIN + crop))
+        assert np.allclose(targets["star"], star_targets(moved)[inner])
 
 
 def test_pairing_names_images_without_masks(folders, tmp_path):

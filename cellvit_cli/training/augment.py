@@ -71,26 +71,51 @@ def jitter_intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Gener
     return (image + rng.normal(0, cfg.noise_std, image.shape)).astype(np.float32)
 
 
-def random_crop(sample: Sample, heads: tuple[str, ...], n_rays: int, cfg: AugmentConfig,
-                rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One augmented crop: image (C, S, S) float32 and {head: target (C_head, S, S)}."""
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a crop comes from: a source `window` (with margin), a dihedral transform
+    (`k` quarter turns after an optional X `flip`) and a `scale` (zoom)."""
+
+    window: tuple[slice, slice]
+    k: int
+    flip: bool
+    scale: float
+
+
+def random_geometry(shape: tuple[int, int], cfg: AugmentConfig, rng: np.random.Generator
+                    ) -> CropGeometry:
+    """A random crop geometry for an image of `shape`."""
     size = cfg.crop_size + 2 * MARGIN
-    scale = np.exp(rng.uniform(*np.log(cfg.scale_range)))
-    window = random_window(sample.labels.shape, int(round(size / scale)), rng)
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
-    labels = _pad_to(dihedral(sample.labels[window], k, flip), 1)
-    image = dihedral(sample.image[(slice(None), *window)], k, flip)
-    zoom_size = int(round(max(labels.shape) * scale))
-    labels = _pad_to(_fit(labels, min(zoom_size, size), 0), size)
-    image = _pad_to(_fit(image, min(zoom_size, size), 1), size)
-    inner = (slice(MARGIN, MARGIN + cfg.crop_size),) * 2
+    scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
+    window = random_window(shape, int(round(size / scale)), rng)
+    return CropGeometry(window, int(rng.integers(4)), bool(rng.integers(2)), scale)
+
+
+def crop_at(sample: Sample, geometry: CropGeometry, heads: tuple[str, ...], n_rays: int,
+            crop_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The crop of `sample` at `geometry`: image (C, S, S) float32 and {head: target}."""
+    g, size = geometry, crop_size + 2 * MARGIN
+    labels = _pad_to(dihedral(sample.labels[g.window], g.k, g.flip), 1)
+    image = dihedral(sample.image[(slice(None), *g.window)], g.k, g.flip)
+    zoom_size = min(int(round(max(labels.shape) * g.scale)), size)
+    labels = _pad_to(_fit(labels, zoom_size, 0), size)
+    image = _pad_to(_fit(image, zoom_size, 1), size)
+    inner = (slice(MARGIN, MARGIN + crop_size),) * 2
     targets = {}
     if "star" in heads:
         targets["star"] = star_targets(labels, n_rays)[(slice(None), *inner)]
     if "boundary" in heads:
         targets["boundary"] = boundary_targets(labels[inner])
     if "flow" in heads:
-        flows = dihedral_flows(sample.flows[(slice(None), *window)].astype(np.float32), k, flip)
-        flows = _pad_to(_fit(flows, min(zoom_size, size), 1), size)[(slice(None), *inner)]
+        flows = dihedral_flows(sample.flows[(slice(None), *g.window)].astype(np.float32), g.k, g.flip)
+        flows = _pad_to(_fit(flows, zoom_size, 1), size)[(slice(None), *inner)]
         targets["flow"] = np.concatenate([(labels[inner] > 0)[None], flows]).astype(np.float32)
-    return jitter_intensity(image[(slice(None), *inner)], cfg, rng), targets
+    return image[(slice(None), *inner)], targets
+
+
+def random_crop(sample: Sample, heads: tuple[str, ...], n_rays: int, cfg: AugmentConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One augmented crop: image (C, S, S) float32 and {head: target (C_head, S, S)}."""
+    geometry = random_geometry(sample.labels.shape, cfg, rng)
+    image, targets = crop_at(sample, geometry, heads, n_rays, cfg.crop_size)
+    return jitter_intensity(image, cfg, rng), targets
