@@ -69,7 +69,7 @@ def main() -> None:
     ids = read_ids(args.ids) if args.ids else None
     results, seconds = score_modes(args.model, args.images, args.masks, ids, args.device)
     print(f"{args.name}: {len(ids) if ids else 'all'} images; network {seconds['network']:.1f} s")
-    print(f"| mode | AP@0.5 | AP@0.75 | AP@0.5:0.95 | F1@0.5 | PQ@0.5 | AJI | decode s |")
+    print("| mode | AP@0.5 | AP@0.75 | AP@0.5:0.95 | F1@0.5 | PQ@0.5 | AJI | decode s |")
     print("|---|---|---|---|---|---|---|---|")
     for mode, r in results.items():
         print(f"| {mode} | {r['ap_50']:.3f} | {r['ap_75']:.3f} | {r['mean_ap']:.3f} | "

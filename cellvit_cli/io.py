@@ -66,7 +66,7 @@ def read_image(path, channel: int | None = None) -> Image:
                 raise InputError(path, "the TIFF holds no image")
             series = tif.series[0]
             shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
-            pixel_size = _pixel_size(tif)
+            pixel_size = tiff_pixel_size(tif)
             raw = _read_pixels(path, tif, series)
     except InputError:
         raise
@@ -208,7 +208,7 @@ def _select_channel(path: Path, data: np.ndarray, channel: int) -> np.ndarray:
     return data[channel:channel + 1]
 
 
-def _pixel_size(tif: tifffile.TiffFile) -> tuple[float, float] | None:
+def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float, float] | None:
     """(y, x) in um from OME-XML, else ImageJ unit + resolution, else resolution tags."""
     page = tif.pages.first
     if tif.is_ome and tif.ome_metadata:

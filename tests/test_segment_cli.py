@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from cellvit_cli.cli import main
-from cellvit_cli.inference.pipeline import (SegmentSettings, find_inputs, plan_jobs,
-                                            segment_array, segment_paths)
+from cellvit_cli.inference.inputs import find_inputs, plan_jobs
+from cellvit_cli.inference.pipeline import SegmentSettings, segment_array, segment_paths
 from cellvit_cli.io import read_image
 from cellvit_cli.modeling import ModelConfig, save_model_folder
 from cellvit_cli.samples import load_nuclei_sample

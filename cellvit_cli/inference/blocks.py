@@ -296,7 +296,7 @@ def segment_file_blocks(path, out_path, segmenter, clock=None) -> tuple[int, int
 
 def _open_regions(path: Path):
     """A region reader for `path` and its pixel size; reading it whole as a fallback."""
-    from cellvit_cli.io import _pixel_size  # TODO: a public io.read_pixel_size(path)
+    from cellvit_cli.io import tiff_pixel_size
 
     try:
         regions = TiffRegionReader(path)
@@ -307,7 +307,7 @@ def _open_regions(path: Path):
     except READ_ERRORS as err:
         raise InputError(path, f"cannot read TIFF: {err}") from err
     try:
-        pixel_size = _pixel_size(regions._tif)
+        pixel_size = tiff_pixel_size(regions._tif)
     except READ_ERRORS:
         pixel_size = None
     return regions, pixel_size

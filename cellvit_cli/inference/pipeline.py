@@ -6,8 +6,6 @@ threads decode and write finished images beside it. Images above a pixel budget 
 block mode (`blocks.py`). `segment_array` is the same for one in-memory image.
 """
 
-import fnmatch
-import glob
 import logging
 import os
 import threading
@@ -17,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS, segment_file_blocks
 from cellvit_cli.inference.device import resolve_device
+from cellvit_cli.inference.inputs import Job, find_inputs, plan_jobs
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.io import InputError, read_image, write_labels
 from cellvit_cli.preprocess import prepare, resize_labels
@@ -34,112 +33,6 @@ log = logging.getLogger(__name__)
 
 PREFETCH = 2                      # images read ahead of the network
 BLOCK_MODES = ("auto", "on", "off")
-
-
-IMAGE_SUFFIXES = (".tif", ".tiff")
-
-
-@dataclass
-class Job:
-    """One input image and where its outputs go: {name: path}, names and file name
-    endings from `export.OUTPUT_SUFFIXES` ("labels", "rois", ...)."""
-
-    path: Path
-    outputs: dict[str, Path]
-
-    def is_done(self, exports: dict[str, bool], heads=()) -> bool:
-        """Whether the labels and every export asked for already exist (maps: of `heads`).
-        Labels from block mode (a tiled BigTIFF) are done without exports: it makes none."""
-        labels = self.outputs["labels"]
-        wanted = []
-        for name, on in exports.items():
-            if on and name == "maps":
-                wanted += [export.maps_path(self.outputs["maps"], head) for head in heads]
-            elif on:
-                wanted.append(self.outputs[name])
-        return labels.exists() and (all(p.exists() for p in wanted) or _from_blocks(labels))
-
-
-def _from_blocks(labels_path: Path) -> bool:
-    try:
-        with tifffile.TiffFile(labels_path) as tif:
-            return tif.is_bigtiff and tif.pages.first.is_tiled
-    except READ_ERRORS:
-        return False
-
-
-def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
-                exclude: Path | None = None) -> list[tuple[Path, PurePath]]:
-    """(file, output name) for each input image, output names relative to the output folder.
-
-    inputs: files (taken as given), folders (their *.tif/*.tiff, or files matching `pattern`;
-    subfolders too if `recursive`, mirrored in the output names) and globs. Our own outputs
-    in `exclude` (the output folder) are never taken from folders or globs. Raises ValueError
-    when nothing is found or two inputs would write the same outputs.
-    """
-    found: dict[Path, PurePath] = {}
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            files = item.rglob("*") if recursive else item.iterdir()
-            picked = [(f, f.relative_to(item)) for f in sorted(files)
-                      if f.is_file() and _wanted(f, pattern, exclude)]
-        elif item.exists() or not glob.has_magic(str(item)):
-            picked = [(item, PurePath(item.name))]  # a missing file fails when read
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=recursive))
-            picked = [(f, PurePath(f.name)) for f in matches
-                      if f.is_file() and _wanted(f, pattern, exclude, check_suffix=False)]
-            if not picked:
-                raise ValueError(f"{item}: no files match")
-        for path, name in picked:
-            found.setdefault(path.resolve(), name.with_name(_stem(name.name)))
-    if not found:
-        raise ValueError(f"no TIFF files found in {', '.join(map(str, inputs))}")
-    names: dict[PurePath, Path] = {}
-    for path, name in found.items():
-        if name in names:
-            raise ValueError(f"{names[name]} and {path} would write the same outputs "
-                             f"({name}_labels.tif): segment them into different folders")
-        names[name] = path
-    return list(found.items())
-
-
-def _wanted(path: Path, pattern: str | None, exclude: Path | None, check_suffix=True) -> bool:
-    if exclude is not None and _is_output(path, exclude):
-        return False
-    if pattern is not None:
-        return fnmatch.fnmatch(path.name, pattern)
-    return not check_suffix or path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _is_output(path: Path, out_dir: Path) -> bool:
-    """Whether `path` is one of our outputs inside `out_dir` (e.g. a labels file)."""
-    if not path.resolve().is_relative_to(out_dir.resolve()):
-        return False
-    name = path.name.lower()
-    return (any(name.endswith(suffix) for suffix in export.OUTPUT_SUFFIXES.values())
-            or fnmatch.fnmatch(name, "*_maps_*.tif"))
-
-
-def _stem(name: str) -> str:
-    """img.tif -> img, img.ome.tiff -> img."""
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return stem[:-4] if stem.lower().endswith(".ome") else stem
-
-
-def plan_jobs(inputs: list[tuple[Path, PurePath]], out_dir: Path) -> list[Job]:
-    """A Job per (file, output name); ValueError if an output would overwrite an input."""
-    sources = {path for path, _ in inputs}
-    jobs = []
-    for path, name in inputs:
-        outputs = {key: out_dir / name.parent / f"{name.name}{suffix}"
-                   for key, suffix in export.OUTPUT_SUFFIXES.items()}
-        clash = [p for p in outputs.values() if p.resolve() in sources]
-        if clash:
-            raise ValueError(f"{clash[0]}: an output would overwrite an input")
-        jobs.append(Job(path, outputs))
-    return jobs
 
 
 @dataclass

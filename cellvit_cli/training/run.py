@@ -5,7 +5,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cellvit_cli.training.augment import AugmentConfig
 from cellvit_cli.training.data import load_samples, pair_files, read_ids
