@@ -1,6 +1,7 @@
 """`cellvit segment`: label the cells of TIFF images (files, folders or globs)."""
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -14,8 +15,7 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}",
-                   file=click.get_text_stream("stderr"))
+        tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
 def _setup_logging() -> logging.Handler:
