@@ -79,6 +79,19 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def already_trained(summary_path: Path, minutes: float, force: bool) -> bool:
+    """True if a model with this time budget is already trained there (exits if the budget
+    differs, so results from two budgets are never mixed)."""
+    if not summary_path.is_file() or force:
+        return False
+    done = json.loads(summary_path.read_text())["budget_minutes"]
+    if done != minutes:
+        sys.exit(f"{summary_path}: trained with a {done:g} min budget, not {minutes:g}; "
+                 "use --force or another --out")
+    print(f"{summary_path} exists: model already trained (--force to retrain)")
+    return True
+
+
 def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()

@@ -30,7 +30,6 @@ outside the repo.
 
 import argparse
 import copy
-import json
 import math
 import shutil
 import sys
@@ -208,12 +207,7 @@ def versions() -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     summary_path = args.out / "train_summary.json"
-    if summary_path.is_file() and not args.force:
-        done = json.loads(summary_path.read_text())["budget_minutes"]
-        if done != args.minutes:
-            sys.exit(f"{summary_path}: trained with a {done:g} min budget, not {args.minutes:g}; "
-                     "use --force or another --out")
-        print(f"{summary_path} exists: model already trained (--force to retrain)")
+    if peerdata.already_trained(summary_path, args.minutes, args.force):
         return
     from cellpose import io
 

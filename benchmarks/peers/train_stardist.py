@@ -20,7 +20,6 @@ The model folder (StarDist's own layout plus train_summary.json) goes outside th
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -160,12 +159,7 @@ def versions() -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     summary_path = args.out / "train_summary.json"
-    if summary_path.is_file() and not args.force:
-        done = json.loads(summary_path.read_text())["budget_minutes"]
-        if done != args.minutes:
-            sys.exit(f"{summary_path}: trained with a {done:g} min budget, not {args.minutes:g}; "
-                     "use --force or another --out")
-        print(f"{summary_path} exists: model already trained (--force to retrain)")
+    if peerdata.already_trained(summary_path, args.minutes, args.force):
         return
     summary = train(args)
     peerdata.write_json(summary_path, summary)
