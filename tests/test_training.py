@@ -178,3 +178,22 @@ def test_train_cli_refuses_masks_missing_for_images(folders, tmp_path):
                                        "-o", str(tmp_path / "m")])
     assert result.exit_code != 0
     assert "no mask for image(s) n2.tif" in result.output
+
+
+def test_train_cli_takes_multichannel_images(folders, tmp_path):
+    """Two real channels (the image and its inverse), channel-first, train a 2-channel model."""
+    images, masks = folders
+    for path in images.iterdir():
+        image = tifffile.imread(path)
+        tifffile.imwrite(path, np.stack([image, image.max() - image]))
+    out = tmp_path / "model2"
+    result = CliRunner().invoke(main, [
+        "train", "--images", str(images), "--masks", str(masks), "--in-channels", "2",
+        "--variant", "vit_nano_p16", "--heads", "boundary", "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch-size", "2", "--crop-size", "64", "--device", "cpu",
+        "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from cellvit_cli.modeling import load_model_folder
+    loaded = load_model_folder(out)
+    assert loaded.config.in_channels == 2
+    assert loaded.model.encoder.patch_embed.in_channels == 2

@@ -42,6 +42,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="vit_nano_p16 (tests), vit_tiny_p16 (CPU), vit_tiny_p8, vit_small_p16 (GPU).")
 @click.option("--heads", default=",".join(HEAD_NAMES), show_default=True, callback=_heads,
               help="Comma list of heads to train jointly.")
+@click.option("--in-channels", type=click.IntRange(1), default=1, show_default=True,
+              help="Channels the model takes: 1 averages multi-channel images to grey; N "
+                   "uses the first N channels (a grey image is repeated).")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
               help="Default: one crop per training image per epoch.")
@@ -59,8 +62,8 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Where flow targets are cached (default: OUT/.target_cache).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 def train(images, masks, ids_file, val_images, val_masks, val_ids_file, val_fraction, out_dir,
-          variant, heads, epochs, steps_per_epoch, batch_size, crop_size, lr, time_budget, val_every,
-          device, seed, cache_dir, resume):
+          variant, heads, in_channels, epochs, steps_per_epoch, batch_size, crop_size, lr,
+          time_budget, val_every, device, seed, cache_dir, resume):
     """Train a model on images and instance masks; write a model folder.
 
     Crops are augmented (flips, rotations, scale, intensity); validation AP@0.5 is logged
@@ -77,8 +80,9 @@ def train(images, masks, ids_file, val_images, val_masks, val_ids_file, val_frac
     request = TrainRequest(images, masks, ids_file, val_images, val_masks, val_ids_file,
                            val_fraction, out_dir, cache_dir)
     try:
-        run_training(request, variant=variant, heads=heads, epochs=epochs,
-                     steps_per_epoch=steps_per_epoch, batch_size=batch_size, crop_size=crop_size,
-                     lr=lr, time_budget=time_budget, val_every=val_every, device=device, seed=seed, resume=resume)
+        run_training(request, resume=resume, variant=variant, heads=heads,
+                     in_channels=in_channels, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                     batch_size=batch_size, crop_size=crop_size, lr=lr, time_budget=time_budget,
+                     val_every=val_every, device=device, seed=seed)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err

@@ -44,7 +44,8 @@ def plot_curves(model_dir: Path) -> Path:
     ax_ap.set(xlabel="epoch", ylabel="validation AP@0.5 (default thresholds)", ylim=(0, 1))
     for ax in (ax_loss, ax_ap):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     out = Path(model_dir) / CURVES_FILE
     tmp = out.with_name(".curves.tmp.png")
