@@ -49,7 +49,7 @@ def _setup_logging() -> logging.Handler:
               help="Zoom images by this factor before the network (instead of --diameter).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Tiles per network batch (tiles of several images share a batch). "
-                   "[default: 8 on a GPU, 4 on the CPU]")
+                   "[default: 8 on a GPU, 1 on the CPU]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--tile-size", type=click.IntRange(min=16), default=512, show_default=True,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS, segment_file_blocks
-from cellvit_cli.inference.device import resolve_device
+from cellvit_cli.inference.device import default_batch_size, resolve_device
 from cellvit_cli.inference.inputs import Job, find_inputs, plan_jobs
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.io import InputError, read_image, write_labels
@@ -41,7 +41,7 @@ class SegmentSettings:
 
     scale: zoom applied to images before the network (None: from `diameter`, else 1);
     diameter: typical cell diameter in the input (px), giving scale = the model's median
-    training diameter / diameter. batch_size: tiles per batch (None: 8 on a GPU, 4 on the
+    training diameter / diameter. batch_size: tiles per batch (None: 8 on a GPU, 1 on the
     CPU, where ViT-tiny takes ~180 MB per 512 px tile). block_mode: 'auto' (images above
     `pixel_budget` pixels after zoom), 'on' or 'off'. workers: decoding threads (None: half
     the CPU cores, 1 to 4). progress: tqdm bars on stderr (shown on terminals only).
@@ -140,7 +140,7 @@ class Segmenter:
                              f"{loaded.path} has {', '.join(config.heads)}")
         self.device = device if device is not None else resolve_device(settings.device)
         network = DenseNetwork(loaded.model.to(self.device).eval(), heads)
-        batch_size = settings.batch_size or (4 if self.device.type == "cpu" else 8)
+        batch_size = settings.batch_size or default_batch_size(self.device)
         self.predictor = Predictor(network, device=self.device, batch_size=batch_size,
                                    tile_size=settings.tile_size, overlap=settings.overlap)
         if settings.scale is not None:
