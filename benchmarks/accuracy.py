@@ -19,10 +19,10 @@ from cellvit_cli.evaluation import Evaluation, Pairing, headline
 from cellvit_cli.inference import resolve_device
 from cellvit_cli.io import read_image, read_labels
 from cellvit_cli.modeling import load_model_folder
-from cellvit_cli.postprocess import decode
+from cellvit_cli.postprocess import available_modes, decode
 from cellvit_cli.preprocess import prepare
 from cellvit_cli.training.data import Sample, pair_files, read_ids
-from cellvit_cli.training.validate import modes_for, validation_maps
+from cellvit_cli.training.validate import validation_maps
 
 SCORES_FILE = "scores.json"
 
@@ -37,7 +37,7 @@ def score_modes(model_dir, images: Path, masks: Path, ids: list[str] | None, dev
     maps = validation_maps(loaded.model, samples, next(loaded.model.parameters()).device)
     seconds = {"network": time.perf_counter() - start}
     results = {}
-    for mode in modes_for(loaded.config.heads):
+    for mode in available_modes(loaded.config.heads):
         start = time.perf_counter()
         preds = [decode(m, mode, loaded.thresholds) for m in maps]
         seconds[mode] = time.perf_counter() - start

@@ -48,13 +48,19 @@ def mode_thresholds(mode: str, thresholds: Mapping | None = None) -> dict[str, f
     return {**defaults, **{k: None if v is None else float(v) for k, v in given.items()}}
 
 
+def available_modes(heads: Sequence[str]) -> list[str]:
+    """The modes, in MODES order, whose heads are all among `heads`."""
+    return [mode for mode in MODES if set(REQUIRED_HEADS[mode]) <= set(heads)]
+
+
 def auto_mode(heads: Sequence[str], thresholds: Mapping | None = None) -> str:
     """The mode to decode with: thresholds["default_mode"] if its heads are all present,
     else the first mode of AUTO_PREFERENCE whose heads are."""
     default = (thresholds or {}).get("default_mode")
     candidates = ((default,) if default in REQUIRED_HEADS else ()) + AUTO_PREFERENCE
+    available = available_modes(heads)
     for mode in candidates:
-        if set(REQUIRED_HEADS[mode]) <= set(heads):
+        if mode in available:
             return mode
     raise ValueError(f"no decoding mode for heads {sorted(heads)}: need one of "
                      f"{sorted({h for hs in REQUIRED_HEADS.values() for h in hs})}")

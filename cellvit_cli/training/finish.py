@@ -8,7 +8,8 @@ from pathlib import Path
 from cellvit_cli.modeling import load_model_folder, save_thresholds
 from cellvit_cli.training.data import Sample
 from cellvit_cli.training.loop import LOG_FILE
-from cellvit_cli.training.validate import modes_for, validation_maps
+from cellvit_cli.postprocess import available_modes
+from cellvit_cli.training.validate import validation_maps
 
 CURVES_FILE = "training_curves.png"
 
@@ -20,7 +21,7 @@ def tune_model_thresholds(model_dir: Path, val_samples: Sequence[Sample], device
     loaded = load_model_folder(model_dir, device)
     maps = validation_maps(loaded.model, val_samples, loaded.model.encoder.pos_embed.device)
     thresholds = tune_thresholds(maps, [s.labels for s in val_samples],
-                                 modes_for(loaded.config.heads))
+                                 available_modes(loaded.config.heads))
     save_thresholds(model_dir, thresholds)
     return thresholds
 

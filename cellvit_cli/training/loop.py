@@ -18,7 +18,8 @@ from cellvit_cli.targets import HEADS
 from cellvit_cli.training.augment import AugmentConfig, random_crop
 from cellvit_cli.training.data import Sample, median_diameter
 from cellvit_cli.training.losses import total_loss
-from cellvit_cli.training.validate import modes_for, validation_maps, validation_scores
+from cellvit_cli.postprocess import available_modes
+from cellvit_cli.training.validate import validation_maps, validation_scores
 
 CHECKPOINT_FILE, LOG_FILE = "checkpoint.pt", "train_log.csv"
 
@@ -143,7 +144,7 @@ class Trainer:
         """{'ap50_<mode>': AP@0.5} on the validation samples with default thresholds."""
         if not self.val_samples:
             return {}
-        modes = self.cfg.val_modes or modes_for(self.cfg.heads)
+        modes = self.cfg.val_modes or available_modes(self.cfg.heads)
         maps = validation_maps(self.model, self.val_samples, self.device)
         return {f"ap50_{m}": s for m, s in validation_scores(maps, self.val_samples, modes).items()}
 

@@ -7,15 +7,8 @@ import torch
 
 from cellvit_cli.metrics import average_precision
 from cellvit_cli.modeling import CellViT
-from cellvit_cli.postprocess import decode, required_heads
+from cellvit_cli.postprocess import decode
 from cellvit_cli.training.data import Sample
-
-
-def modes_for(heads: Sequence[str]) -> list[str]:
-    """Decoding modes that the given heads allow, in the postprocess module's order."""
-    from cellvit_cli.postprocess import MODES
-
-    return [m for m in MODES if set(required_heads(m)) <= set(heads)]
 
 
 def validation_maps(model: CellViT, samples: Sequence[Sample], device: torch.device
