@@ -19,12 +19,11 @@ from cellvit_cli.evaluation import Evaluation, Pairing, headline
 from cellvit_cli.inference import resolve_device
 from cellvit_cli.io import read_image, read_labels
 from cellvit_cli.modeling import load_model_folder
+from cellvit_cli.modeling.folder import SCORES_FILE
 from cellvit_cli.postprocess import available_modes, decode
 from cellvit_cli.preprocess import prepare
 from cellvit_cli.training.data import Sample, pair_files, read_ids
 from cellvit_cli.training.validate import validation_maps
-
-SCORES_FILE = "scores.json"
 
 
 def score_modes(model_dir, images: Path, masks: Path, ids: list[str] | None, device: str = "auto"

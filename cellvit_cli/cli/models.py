@@ -5,13 +5,13 @@ from pathlib import Path
 
 import click
 
-SCORES_FILE = "scores.json"  # {data set: {mode: {"ap50": .., "ap75": .., "map": ..}}}
-
 
 def model_summary(folder: Path) -> dict:
     """Name, variant, heads, default mode and scores of a model folder (no weights loaded)."""
-    config = json.loads((folder / "config.json").read_text())
-    thresholds_path, scores_path = folder / "thresholds.json", folder / SCORES_FILE
+    from cellvit_cli.modeling.folder import CONFIG_FILE, SCORES_FILE, THRESHOLDS_FILE
+
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    thresholds_path, scores_path = folder / THRESHOLDS_FILE, folder / SCORES_FILE
     thresholds = json.loads(thresholds_path.read_text()) if thresholds_path.is_file() else {}
     scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
     return {"name": folder.name, "path": str(folder), "variant": config.get("variant"),

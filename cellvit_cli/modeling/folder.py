@@ -16,6 +16,7 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL = "nuclei_fluo_tiny"
 CONFIG_FILE, THRESHOLDS_FILE, WEIGHTS_FILE, CARD_FILE = (
     "config.json", "thresholds.json", "weights.pt", "README.md")
+SCORES_FILE = "scores.json"  # {data set: {mode: {"ap50": .., "ap75": .., "map": .., ...}}}
 
 
 @dataclass
