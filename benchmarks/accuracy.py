@@ -29,11 +29,12 @@ from cellvit_cli.training.validate import validation_maps
 def score_modes(model_dir, images: Path, masks: Path, ids: list[str] | None, device: str = "auto"
                 ) -> tuple[dict[str, dict], dict[str, float]]:
     """{mode: headline figures} and the seconds spent in the network and in each mode."""
-    loaded = load_model_folder(model_dir, resolve_device(device))
+    device = resolve_device(device)
+    loaded = load_model_folder(model_dir, device)
     samples = [Sample(i.stem, prepare(read_image(i).data, loaded.config.in_channels), read_labels(m))
                for i, m in pair_files(images, masks, ids)]
     start = time.perf_counter()
-    maps = validation_maps(loaded.model, samples, next(loaded.model.parameters()).device)
+    maps = validation_maps(loaded.model, samples, device)
     seconds = {"network": time.perf_counter() - start}
     results = {}
     for mode in available_modes(loaded.config.heads):

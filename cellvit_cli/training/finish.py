@@ -5,6 +5,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from cellvit_cli.modeling import load_model_folder, save_thresholds
 from cellvit_cli.training.data import Sample
 from cellvit_cli.training.loop import LOG_FILE
@@ -14,12 +16,13 @@ from cellvit_cli.training.validate import validation_maps
 CURVES_FILE = "training_curves.png"
 
 
-def tune_model_thresholds(model_dir: Path, val_samples: Sequence[Sample], device) -> dict:
+def tune_model_thresholds(model_dir: Path, val_samples: Sequence[Sample],
+                          device: torch.device) -> dict:
     """Tune every mode's thresholds on `val_samples`; write and return thresholds.json."""
     from cellvit_cli.training.tune import tune_thresholds
 
     loaded = load_model_folder(model_dir, device)
-    maps = validation_maps(loaded.model, val_samples, loaded.model.encoder.pos_embed.device)
+    maps = validation_maps(loaded.model, val_samples, device)
     thresholds = tune_thresholds(maps, [s.labels for s in val_samples],
                                  available_modes(loaded.config.heads))
     save_thresholds(model_dir, thresholds)

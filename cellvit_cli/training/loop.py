@@ -132,7 +132,8 @@ class Trainer:
     def progress(self) -> float:
         """Fraction of the run done: by time with a time budget, else by steps."""
         if self.cfg.time_budget:
-            return (self.state.seconds + time.time() - self._epoch_started) / (60 * self.cfg.time_budget)
+            elapsed = self.state.seconds + time.time() - self._epoch_started
+            return elapsed / (60 * self.cfg.time_budget)
         return self.state.step / (self.cfg.epochs * self.steps_per_epoch)
 
     def _set_lr(self) -> None:
