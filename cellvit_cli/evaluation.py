@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, metrics
-from .io import InputError, atomic_path, read_labels
+from .io import InputError, atomic_path, list_tiffs, read_labels
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 AUTO_GT_SUFFIXES = ("_masks", "_labels", "")
 HEADLINE_THRESHS = {"ap_50": ("ap", 0.5), "ap_75": ("ap", 0.75), "f1_50": ("f1", 0.5),
                     "pq_50": ("pq", 0.5)}
@@ -60,11 +59,6 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     return tuple(sorted(set(values)))
 
 
-def _tiffs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
-
-
 def _by_key(files: Sequence[Path], suffix: str) -> dict[str, Path]:
     """{name without `suffix`: file} for the files whose stem ends with `suffix`."""
     keyed = {}
@@ -86,8 +80,8 @@ def pair_files(pred_dir, gt_dir, pred_suffix: str = "_labels",
     Predictions are the TIFFs whose stem ends with `pred_suffix` (other files are ignored);
     `gt_suffix` None tries '_masks', '_labels' and '' and keeps the one pairing most files.
     """
-    preds = _by_key(_tiffs(Path(pred_dir)), pred_suffix)
-    gt_files = _tiffs(Path(gt_dir))
+    preds = _by_key(list_tiffs(pred_dir), pred_suffix)
+    gt_files = list_tiffs(gt_dir)
     candidates = AUTO_GT_SUFFIXES if gt_suffix is None else (gt_suffix,)
     best = max(candidates, key=lambda s: len(preds.keys() & _by_key(gt_files, s).keys()))
     gts = _by_key(gt_files, best)

@@ -17,6 +17,7 @@ import tifffile
 
 # What reading a damaged file raises: tifffile's own error (a ValueError), short reads
 # (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
+TIFF_SUFFIXES = (".tif", ".tiff")
 _READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
 _UNIT_TO_UM = {
     "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0, "micron": 1.0,
@@ -50,6 +51,13 @@ class Image:
     data: np.ndarray
     axes: str
     pixel_size: tuple[float, float] | None
+
+
+def list_tiffs(folder: Path) -> list[Path]:
+    """The TIFF files of `folder` (not sub-folders), sorted; hidden files (e.g. macOS `._x.tif`)
+    are skipped."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
 
 
 def read_image(path, channel: int | None = None) -> Image:

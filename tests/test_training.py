@@ -99,6 +99,13 @@ def test_pairing_names_images_without_masks(folders, tmp_path):
         pair_files(images, masks)
 
 
+def test_pairing_skips_hidden_files(folders):
+    """macOS `._name.tif` files are not images and have no masks."""
+    images, masks = folders
+    (images / "._n0.tif").write_bytes(b"\x00\x05\x16\x07")
+    assert [i.name for i, _ in pair_files(images, masks)] == [f"n{i}.tif" for i in range(4)]
+
+
 def test_mismatched_shapes_and_binary_masks_are_refused(folders):
     images, masks = folders
     tifffile.imwrite(masks / "n0.tif", np.zeros((10, 10), np.uint16))

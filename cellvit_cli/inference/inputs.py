@@ -9,8 +9,8 @@ import tifffile
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS
+from cellvit_cli.io import TIFF_SUFFIXES
 
-IMAGE_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _wanted(path: Path, pattern: str | None, exclude: Path | None, check_suffix=
         return False
     if pattern is not None:
         return fnmatch.fnmatch(path.name, pattern)
-    return not check_suffix or path.suffix.lower() in IMAGE_SUFFIXES
+    return not check_suffix or path.suffix.lower() in TIFF_SUFFIXES
 
 
 def _is_output(path: Path, out_dir: Path) -> bool:

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellvit_cli.io import read_image, read_labels
+from cellvit_cli.io import list_tiffs, read_image, read_labels
 from cellvit_cli.preprocess import normalize_percentile, to_channels
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 MASK_SUFFIXES = ("", "_masks", "_labels", "_mask")
 
 
@@ -41,10 +40,8 @@ def pair_files(images_dir: Path, masks_dir: Path, ids: Sequence[str] | None = No
 
     Raises ValueError naming every image without a mask (or id without an image).
     """
-    images = {p.stem: p for p in sorted(Path(images_dir).iterdir())
-              if p.suffix.lower() in TIFF_SUFFIXES}
-    masks = {p.stem: p for p in sorted(Path(masks_dir).iterdir())
-             if p.suffix.lower() in TIFF_SUFFIXES}
+    images = {p.stem: p for p in list_tiffs(images_dir)}
+    masks = {p.stem: p for p in list_tiffs(masks_dir)}
     stems = list(ids) if ids is not None else sorted(images)
     missing = [s for s in stems if s not in images]
     if missing:
