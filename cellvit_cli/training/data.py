@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellvit_cli.io import list_tiffs, read_image, read_labels
-from cellvit_cli.preprocess import normalize_percentile, to_channels
+from cellvit_cli.preprocess import prepare
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
 
@@ -70,7 +70,7 @@ def check_instance_labels(labels: np.ndarray, path: Path) -> None:
 def load_sample(image_path: Path, mask_path: Path, in_channels: int, with_flows: bool,
                 cache_dir: Path | None) -> Sample:
     """Read, normalise and check one pair; flows come from the cache when present."""
-    image = normalize_percentile(to_channels(read_image(image_path).data, in_channels))
+    image = prepare(read_image(image_path).data, in_channels)  # as `cellvit segment` does
     labels = read_labels(mask_path)
     if labels.shape != image.shape[1:]:
         raise ValueError(f"{mask_path}: mask shape {labels.shape} differs from image "
@@ -80,7 +80,7 @@ def load_sample(image_path: Path, mask_path: Path, in_channels: int, with_flows:
         warnings.warn(f"{mask_path}: no objects (trained on as background only)", stacklevel=2)
     labels = clean_labels(labels)
     flows = cached_flows(labels, mask_path, cache_dir) if with_flows else None
-    return Sample(image_path.stem, image.astype(np.float32), labels, flows)
+    return Sample(image_path.stem, image, labels, flows)
 
 
 def cached_flows(labels: np.ndarray, mask_path: Path, cache_dir: Path | None) -> np.ndarray:
