@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from cellvit_cli import __version__
+from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling.build import VARIANTS, build_model
 from cellvit_cli.modeling.model import CellViT
 from cellvit_cli.targets import HEADS
@@ -133,6 +134,6 @@ def save_thresholds(folder: Path, thresholds: dict) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` then rename onto `path` (see io.atomic_path)."""
+    with atomic_path(path) as tmp:
+        write(tmp)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellvit_cli.io import list_tiffs, read_image, read_labels
+from cellvit_cli.io import atomic_path, list_tiffs, read_image, read_labels
 from cellvit_cli.preprocess import prepare
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
@@ -79,11 +79,11 @@ def load_sample(image_path: Path, mask_path: Path, in_channels: int, with_flows:
     if labels.max() == 0:
         warnings.warn(f"{mask_path}: no objects (trained on as background only)", stacklevel=2)
     labels = clean_labels(labels)
-    flows = cached_flows(labels, mask_path, cache_dir) if with_flows else None
+    flows = cached_flows(labels, cache_dir) if with_flows else None
     return Sample(image_path.stem, image, labels, flows)
 
 
-def cached_flows(labels: np.ndarray, mask_path: Path, cache_dir: Path | None) -> np.ndarray:
+def cached_flows(labels: np.ndarray, cache_dir: Path | None) -> np.ndarray:
     """Unit flows (2, Y, X) float16 of `labels`, read from or written to `cache_dir`."""
     key = hashlib.sha1(labels.tobytes() + str(labels.shape).encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"flows_{key}.npy" if cache_dir is not None else None
@@ -92,9 +92,8 @@ def cached_flows(labels: np.ndarray, mask_path: Path, cache_dir: Path | None) ->
     flows = flow_targets(labels)[1:].astype(np.float16)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".{mask_path.stem[:8]}.tmp.npy")
-        np.save(tmp, flows)
-        tmp.replace(cache)
+        with atomic_path(cache) as tmp:
+            np.save(tmp, flows)
     return flows
 
 

@@ -1,12 +1,12 @@
 """After training: thresholds tuned on validation data, and the training curves."""
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import load_model_folder, save_thresholds
 from cellvit_cli.training.data import Sample
 from cellvit_cli.training.loop import LOG_FILE
@@ -52,8 +52,7 @@ def plot_curves(model_dir: Path) -> Path:
             ax.legend()
     fig.tight_layout()
     out = Path(model_dir) / CURVES_FILE
-    tmp = out.with_name(".curves.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
     return out

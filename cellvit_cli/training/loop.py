@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cellvit_cli.inference.device import autocast, resolve_device
+from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
 from cellvit_cli.targets import HEADS
 from cellvit_cli.training.augment import AugmentConfig, random_crop
@@ -181,21 +182,18 @@ class Trainer:
         rows = list(csv.DictReader(path.open())) if path.is_file() else []
         rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
         fields = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
     def save_checkpoint(self) -> None:
         """Everything needed to resume, written atomically to checkpoint.pt."""
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "state": asdict(self.state),
                    "torch_rng": torch.get_rng_state()}
-        tmp = self.out_dir / f".{CHECKPOINT_FILE}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.out_dir / CHECKPOINT_FILE)
+        with atomic_path(self.out_dir / CHECKPOINT_FILE) as tmp:
+            torch.save(payload, tmp)
 
     def load_checkpoint(self) -> None:
         """Continue from checkpoint.pt in the output folder."""
