@@ -104,7 +104,9 @@ def _jsonable(value):
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    return {"host": platform.node(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+    return {"host": platform.node(), "cpus": os.cpu_count(),
+            "cpus_allowed": len(os.sched_getaffinity(0)),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": sys.version.split()[0],
             "platform": platform.platform(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -4,7 +4,9 @@
 #   bash benchmarks/peers/run_all.sh                 # every stage, in order
 #   bash benchmarks/peers/run_all.sh train_stardist  # or any stages, in the order given
 #
-# Stages: setup data train_stardist train_cellpose predict evaluate report (all = each in turn).
+# Stages: setup data train_stardist train_cellpose predict evaluate report (all = each in turn);
+# train_parallel trains both peers at once, each pinned to its own core with one thread
+# (MINUTES then buys each peer MINUTES core-minutes, on a 2-core machine in MINUTES of wall time).
 # Every stage skips what is already done (a trained model, a finished prediction folder), so a
 # run cut short (a session's time limit) goes on where it stopped when run again.
 # Settings (environment): MINUTES (95) training budget of each peer; CELLVIT_MODEL (the shipped
@@ -78,6 +80,20 @@ stage_train_cellpose() {
         --out "$MODELS/cellpose" $(limit_args --limit "$TRAIN_LIMIT") \
         $(limit_args --val-limit "$VAL_LIMIT") 2>&1 | tee "$RUN/logs/train_cellpose.log"
     cp "$MODELS/cellpose/train_summary.json" "$RUN/train/cellpose.json"
+}
+
+stage_train_parallel() {
+    # one core and one thread each (taskset + the thread variables torch and TensorFlow read)
+    local one=(env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
+               TF_NUM_INTEROP_THREADS=1)
+    "${one[@]}" taskset -c 0 bash "${BASH_SOURCE[0]}" train_stardist &
+    local stardist_pid=$!
+    "${one[@]}" taskset -c 1 bash "${BASH_SOURCE[0]}" train_cellpose &
+    local cellpose_pid=$!
+    local failed=0
+    wait "$stardist_pid" || failed=1
+    wait "$cellpose_pid" || failed=1
+    return "$failed"
 }
 
 predict_one() {  # predict_one METHOD SET: labels + timings into $RUN/pred/METHOD/SET
