@@ -106,8 +106,11 @@ def cellvit_training(model_dir: Path | None) -> dict | None:
             "steps": int(rows[-1]["step"]) if rows else 0, "epochs_run": len(rows)}
 
 
-def training_table(run: Path, cellvit_model: Path | None) -> list[str]:
-    head = ["method", "budget (min)", "trained (min)", "steps", "epochs", "outside the budget"]
+def training_table(run: Path, cellvit_model: Path | None,
+                   cellvit_cores: int | None = None) -> list[str]:
+    """Budgets side by side; cores: those the training process was allowed to use."""
+    head = ["method", "budget (min)", "trained (min)", "cores", "core-min", "steps", "epochs",
+            "outside the budget"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in METHODS:
         t = (cellvit_training(cellvit_model) if method == "cellvit"
@@ -116,20 +119,25 @@ def training_table(run: Path, cellvit_model: Path | None) -> list[str]:
             continue
         outside = ", ".join(f"{k} {v:.0f} s" for k, v in t.get("seconds", {}).items()
                             if k not in ("train", "calibration"))
+        cores = (cellvit_cores if method == "cellvit"
+                 else t.get("machine", {}).get("cpus_allowed"))
+        minutes = t["train_seconds"] / 60
         lines.append("| " + " | ".join([
-            method, f"{t['budget_minutes']:g}", fmt(t["train_seconds"] / 60, 1),
-            str(t.get("steps", "n/a")), str(t.get("epochs_run", "n/a")), outside]) + " |")
+            method, f"{t['budget_minutes']:g}", fmt(minutes, 1), str(cores or "n/a"),
+            fmt(minutes * cores if cores else None, 0), str(t.get("steps", "n/a")),
+            str(t.get("epochs_run", "n/a")), outside]) + " |")
     return lines
 
 
-def build_report(run: Path, cellvit_model: Path | None = None) -> str:
+def build_report(run: Path, cellvit_model: Path | None = None,
+                 cellvit_cores: int | None = None) -> str:
     meta = read_json(run / "run.json") or {}
     out = ["# cellvit vs StarDist and Cellpose", ""]
     if meta:
         out += [(f"Run: {meta.get('started_utc', '?')} on {meta.get('machine', '?')}; "
                  f"training budget {meta.get('minutes', '?')} min each; cellvit model "
                  f"`{meta.get('cellvit_model', '?')}`."), ""]
-    out += ["## Training", ""] + training_table(run, cellvit_model) + [""]
+    out += ["## Training", ""] + training_table(run, cellvit_model, cellvit_cores) + [""]
     for name in SETS:
         rows = {m: r for m in METHODS if (r := scores(run, m, name)) is not None}
         if not rows:
@@ -151,8 +159,10 @@ def main(argv=None) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("-o", "--out", type=Path, default=None, help="default RUN/report.md")
     p.add_argument("--cellvit-model", type=Path, default=None, help="cellvit's model folder")
+    p.add_argument("--cellvit-cores", type=int, default=None,
+                   help="cores cellvit's model was trained on (its folder does not record them)")
     args = p.parse_args(argv)
-    text = build_report(args.run, args.cellvit_model)
+    text = build_report(args.run, args.cellvit_model, args.cellvit_cores)
     out = args.out or args.run / "report.md"
     out.write_text(text)
     print(text)

@@ -10,7 +10,8 @@
 # Every stage skips what is already done (a trained model, a finished prediction folder), so a
 # run cut short (a session's time limit) goes on where it stopped when run again.
 # Settings (environment): MINUTES (95) training budget of each peer; CELLVIT_MODEL (the shipped
-# default) the model folder or name for `cellvit segment`; TAG (full) names the run:
+# default) the model folder or name for `cellvit segment`; CELLVIT_CORES (2) the cores that
+# model was trained on, for the report; TAG (full) names the run:
 # models in $PEERS_HOME/models/$TAG, results in $PEERS_HOME/runs/$TAG, links in /tmp.
 # Smoke test: TAG=smoke MINUTES=0.5 TRAIN_LIMIT=8 VAL_LIMIT=3 TEST_LIMIT=2 N_MOSAICS=1.
 set -euo pipefail
@@ -27,6 +28,7 @@ MODELS="${MODELS:-$PEERS_HOME/models/$TAG}"
 RUN="${RUN:-$PEERS_HOME/runs/$TAG}"
 WORK="${WORK:-/tmp/cellvit-peers-$TAG}"
 CELLVIT_MODEL="${CELLVIT_MODEL:-}"
+CELLVIT_CORES="${CELLVIT_CORES:-2}"
 TRAIN_LIMIT="${TRAIN_LIMIT:-}"
 VAL_LIMIT="${VAL_LIMIT:-}"
 TEST_LIMIT="${TEST_LIMIT:-}"
@@ -151,7 +153,8 @@ stage_report() {
     local model_dir
     model_dir=$("$PYTHON" -c "import sys; from cellvit_cli.modeling.folder import resolve_model
 print(resolve_model(sys.argv[1] or None))" "$CELLVIT_MODEL")
-    "$PYTHON" "$HERE/report.py" "$RUN" --cellvit-model "$model_dir"
+    "$PYTHON" "$HERE/report.py" "$RUN" --cellvit-model "$model_dir" \
+        --cellvit-cores "$CELLVIT_CORES"
 }
 
 write_run_json() {
