@@ -9,7 +9,8 @@ RUN_DIR holds what run_all.sh writes:
     logs/cellvit_<set>.log               cellvit segment's output ("... in X s")
     train/<method>.json                  the peers' train_summary.json
 and --cellvit-model names cellvit's model folder (its train_config.json and train_log.csv,
-when it has them, give cellvit's row of the training table).
+when it has them, give cellvit's row of the training table). With --gt (test_fluo's masks)
+a last table splits test_fluo by the median object diameter of each image's ground truth.
 Two speeds: "s/img" = (model load + every image: read, network, post-processing, write) / n,
 as each tool measures it inside its process; "wall s/img" = the whole command (interpreter
 start, imports, model load, images) / n, measured by run_all.sh around the command.
@@ -26,6 +27,7 @@ PEERS = ("stardist", "cellpose")
 SETS = ("test_fluo", "mosaics")
 HEADLINE = (("ap_50", "AP@0.5"), ("ap_75", "AP@0.75"), ("mean_ap", "mean AP 0.5:0.95"),
             ("f1_50", "F1@0.5"), ("pq_50", "PQ@0.5"))
+SIZE_BINS = ((0, 15, "< 15 px"), (15, 30, "15-30 px"), (30, float("inf"), ">= 30 px"))
 CELLVIT_SUMMARY = re.compile(r"segment: (\d+) image\(s\) done.* in ([\d.]+) s")
 
 
@@ -129,8 +131,49 @@ def training_table(run: Path, cellvit_model: Path | None,
     return lines
 
 
+def object_sizes(mask_path: Path) -> tuple[float, int]:
+    """Median equivalent diameter (px) and number of the objects of one label image."""
+    import numpy as np
+    import tifffile
+
+    areas = np.bincount(tifffile.imread(mask_path).ravel())[1:]
+    areas = areas[areas > 0]
+    return (float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0), areas.size
+
+
+def size_table(run: Path, gt: Path, name: str = "test_fluo") -> list[str]:
+    """Pooled AP@0.5 (TP / (TP + FP + FN)) per method within bins of median object size."""
+    sizes = {p.stem: object_sizes(p) for p in sorted(gt.glob("*.tif"))}
+    head = ["median object diameter", "images", "objects"] + list(METHODS)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    counts = {m: per_image_counts(run / "eval" / m / name / "per_image.csv") for m in METHODS}
+    for low, high, label in SIZE_BINS:
+        stems = {s for s, (d, _) in sizes.items() if low <= d < high}
+        if not stems:
+            continue
+        cells = [label, str(len(stems)), str(sum(sizes[s][1] for s in stems))]
+        for method in METHODS:
+            rows = [c for s, c in counts[method].items() if s in stems]
+            tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+            cells.append(fmt(tp / (tp + fp + fn)) if rows and tp + fp + fn else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_image_counts(path: Path, iou: float = 0.5) -> dict[str, dict]:
+    """{image stem: {tp, fp, fn}} at one IoU threshold of a per_image.csv."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for row in csv.DictReader(path.open()):
+        if abs(float(row["iou_thresh"]) - iou) < 1e-9:
+            stem = Path(row["gt_file"]).stem
+            out[stem] = {k: int(row[k]) for k in ("tp", "fp", "fn")}
+    return out
+
+
 def build_report(run: Path, cellvit_model: Path | None = None,
-                 cellvit_cores: int | None = None) -> str:
+                 cellvit_cores: int | None = None, gt: Path | None = None) -> str:
     meta = read_json(run / "run.json") or {}
     out = ["# cellvit vs StarDist and Cellpose", ""]
     if meta:
@@ -148,6 +191,9 @@ def build_report(run: Path, cellvit_model: Path | None = None,
                  else f"{n} mosaic(s) of {size} x {size} px tiled from test_fluo images")
         out += [f"## {title}", ""] + results_table(rows) + [""]
         out += ratios_table(rows) + [""]
+    if gt is not None and gt.is_dir():
+        out += ["## test_fluo by object size (AP@0.5 pooled within each bin)", ""]
+        out += size_table(run, gt) + [""]
     out.append("Scores: pooled over all objects (`cellvit evaluate` headline). s/img: model "
                "load plus every image end to end, inside the process; wall: the whole command. "
                "Speed-up: the peer's seconds over cellvit's.")
@@ -161,8 +207,10 @@ def main(argv=None) -> None:
     p.add_argument("--cellvit-model", type=Path, default=None, help="cellvit's model folder")
     p.add_argument("--cellvit-cores", type=int, default=None,
                    help="cores cellvit's model was trained on (its folder does not record them)")
+    p.add_argument("--gt", type=Path, default=None,
+                   help="test_fluo's ground-truth masks, for the table by object size")
     args = p.parse_args(argv)
-    text = build_report(args.run, args.cellvit_model, args.cellvit_cores)
+    text = build_report(args.run, args.cellvit_model, args.cellvit_cores, args.gt)
     out = args.out or args.run / "report.md"
     out.write_text(text)
     print(text)

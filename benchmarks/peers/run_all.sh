@@ -154,7 +154,7 @@ stage_report() {
     model_dir=$("$PYTHON" -c "import sys; from cellvit_cli.modeling.folder import resolve_model
 print(resolve_model(sys.argv[1] or None))" "$CELLVIT_MODEL")
     "$PYTHON" "$HERE/report.py" "$RUN" --cellvit-model "$model_dir" \
-        --cellvit-cores "$CELLVIT_CORES"
+        --cellvit-cores "$CELLVIT_CORES" --gt "$WORK/test_fluo/masks"
 }
 
 write_run_json() {
