@@ -4,12 +4,13 @@
 #   bash benchmarks/peers/run_all.sh                 # every stage, in order
 #   bash benchmarks/peers/run_all.sh train_stardist  # or any stages, in the order given
 #
-# Stages: setup data train_stardist train_cellpose predict evaluate report (all = each in turn);
-# train_parallel trains both peers at once, each pinned to its own core with one thread
-# (MINUTES then buys each peer MINUTES core-minutes, on a 2-core machine in MINUTES of wall time).
+# Stages: setup data train_stardist train_cellpose train_parallel predict evaluate report;
+# train_parallel (used by all) trains both peers at once, each pinned to its own core with one
+# thread: MINUTES buys each peer MINUTES core-minutes, on a 2-core machine in MINUTES of wall
+# time (see docs/benchmarks.md, "The matched-budget rule").
 # Every stage skips what is already done (a trained model, a finished prediction folder), so a
 # run cut short (a session's time limit) goes on where it stopped when run again.
-# Settings (environment): MINUTES (95) training budget of each peer; CELLVIT_MODEL (the shipped
+# Settings (environment): MINUTES (110) training budget of each peer; CELLVIT_MODEL (the shipped
 # default) the model folder or name for `cellvit segment`; CELLVIT_CORES (2) the cores that
 # model was trained on, for the report; TAG (full) names the run:
 # models in $PEERS_HOME/models/$TAG, results in $PEERS_HOME/runs/$TAG, links in /tmp.
@@ -22,7 +23,7 @@ export PEERS_HOME="${PEERS_HOME:-$HOME/.cache/cellvit-peers}"
 STARDIST_VENV="${STARDIST_VENV:-$PEERS_HOME/stardist-venv}"
 CELLPOSE_VENV="${CELLPOSE_VENV:-$PEERS_HOME/cellpose-venv}"
 DATA="${DATA:-$(cd "$REPO/.." && pwd)/shared/data/dsb2018}"
-MINUTES="${MINUTES:-95}"
+MINUTES="${MINUTES:-110}"
 TAG="${TAG:-full}"
 MODELS="${MODELS:-$PEERS_HOME/models/$TAG}"
 RUN="${RUN:-$PEERS_HOME/runs/$TAG}"
@@ -178,7 +179,7 @@ PY
 main() {
     local stages=("$@")
     [[ ${#stages[@]} -eq 0 || "${stages[0]}" == "all" ]] &&
-        stages=(setup data train_stardist train_cellpose predict evaluate report)
+        stages=(setup data train_parallel predict evaluate report)
     mkdir -p "$RUN/logs" "$RUN/train" "$MODELS"
     log "run $TAG: results in $RUN, models in $MODELS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
     for stage in "${stages[@]}"; do
