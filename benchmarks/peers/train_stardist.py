@@ -38,7 +38,8 @@ NOTEBOOK_EPOCHS, NOTEBOOK_STEPS = 400, 100   # Config2D defaults: train_epochs, 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=110.0,
-                   help="training budget in minutes (default 110: one core, about our model's core-minutes)")
+                   help="training budget in minutes (default 110: on one core, about the "
+                        "core-minutes of our model's training)")
     p.add_argument("--data", type=Path, default=peerdata.DEFAULT_DATA, help="DSB2018 folder")
     p.add_argument("--out", type=Path, default=peerdata.PEERS_HOME / "models" / "stardist",
                    help="model folder to write (default ~/.cache/cellvit-peers/models/stardist)")
