@@ -6,6 +6,7 @@ as our tool reads them: colour (H, W, 3|4) becomes the mean of its first three c
 (H, W) grey stays; both as float32.
 """
 
+import argparse
 import json
 import os
 import platform
@@ -134,3 +135,19 @@ class _Section:
         elapsed = time.perf_counter() - self.start
         self.watch.seconds[self.name] = round(self.watch.seconds.get(self.name, 0.0) + elapsed, 3)
         return False
+
+
+def training_parser(peer: str, description: str) -> argparse.ArgumentParser:
+    """The options both training scripts take; each adds its own recipe's options."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--minutes", type=float, default=110.0,
+                   help="training budget in minutes (default 110: on one core, about the "
+                        "core-minutes of our model's training)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DSB2018 folder")
+    p.add_argument("--out", type=Path, default=PEERS_HOME / "models" / peer,
+                   help=f"model folder to write (default ~/.cache/cellvit-peers/models/{peer})")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--val-limit", type=int, default=None, help="use only the first N val images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="retrain even if --out holds a finished model")
+    return p

@@ -34,7 +34,6 @@ import math
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import peerdata
@@ -48,19 +47,9 @@ MODEL_NAME = "cellpose_dsb_fluo"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=110.0,
-                   help="training budget in minutes (default 110: on one core, about the "
-                        "core-minutes of our model's training)")
-    p.add_argument("--data", type=Path, default=peerdata.DEFAULT_DATA, help="DSB2018 folder")
-    p.add_argument("--out", type=Path, default=peerdata.PEERS_HOME / "models" / "cellpose",
-                   help="model folder to write (default ~/.cache/cellvit-peers/models/cellpose)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--val-limit", type=int, default=None, help="use only the first N val images")
+    p = peerdata.training_parser("cellpose", __doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help="epochs when the budget cannot give every image every epoch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="retrain even if --out holds a finished model")
     return p.parse_args(argv)
 
 

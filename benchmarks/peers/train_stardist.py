@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,19 +35,9 @@ NOTEBOOK_EPOCHS, NOTEBOOK_STEPS = 400, 100   # Config2D defaults: train_epochs, 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=110.0,
-                   help="training budget in minutes (default 110: on one core, about the "
-                        "core-minutes of our model's training)")
-    p.add_argument("--data", type=Path, default=peerdata.DEFAULT_DATA, help="DSB2018 folder")
-    p.add_argument("--out", type=Path, default=peerdata.PEERS_HOME / "models" / "stardist",
-                   help="model folder to write (default ~/.cache/cellvit-peers/models/stardist)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--val-limit", type=int, default=None, help="use only the first N val images")
+    p = peerdata.training_parser("stardist", __doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=NOTEBOOK_EPOCHS, help="cap on epochs")
     p.add_argument("--steps-per-epoch", type=int, default=NOTEBOOK_STEPS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="retrain even if --out holds a finished model")
     return p.parse_args(argv)
 
 
