@@ -69,21 +69,18 @@ stage_data() {
     log "data: $(ls "$WORK/test_fluo/images" | wc -l) test_fluo images, $N_MOSAICS mosaics in $WORK"
 }
 
-stage_train_stardist() {
-    log "training StarDist for $MINUTES min"
-    "$STARDIST_VENV/bin/python" "$HERE/train_stardist.py" --minutes "$MINUTES" --data "$DATA" \
-        --out "$MODELS/stardist" $(limit_args --limit "$TRAIN_LIMIT") \
-        $(limit_args --val-limit "$VAL_LIMIT") 2>&1 | tee "$RUN/logs/train_stardist.log"
-    cp "$MODELS/stardist/train_summary.json" "$RUN/train/stardist.json"
+train_peer() {  # train_peer PEER VENV: train_PEER.py in its venv, summary into $RUN/train
+    local peer="$1" venv="$2"
+    log "training $peer for $MINUTES min"
+    "$venv/bin/python" "$HERE/train_$peer.py" --minutes "$MINUTES" --data "$DATA" \
+        --out "$MODELS/$peer" $(limit_args --limit "$TRAIN_LIMIT") \
+        $(limit_args --val-limit "$VAL_LIMIT") 2>&1 | tee "$RUN/logs/train_$peer.log"
+    cp "$MODELS/$peer/train_summary.json" "$RUN/train/$peer.json"
 }
 
-stage_train_cellpose() {
-    log "training Cellpose for $MINUTES min"
-    "$CELLPOSE_VENV/bin/python" "$HERE/train_cellpose.py" --minutes "$MINUTES" --data "$DATA" \
-        --out "$MODELS/cellpose" $(limit_args --limit "$TRAIN_LIMIT") \
-        $(limit_args --val-limit "$VAL_LIMIT") 2>&1 | tee "$RUN/logs/train_cellpose.log"
-    cp "$MODELS/cellpose/train_summary.json" "$RUN/train/cellpose.json"
-}
+stage_train_stardist() { train_peer stardist "$STARDIST_VENV"; }
+
+stage_train_cellpose() { train_peer cellpose "$CELLPOSE_VENV"; }
 
 stage_train_parallel() {
     # one core and one thread each (taskset + the thread variables torch and TensorFlow read)
