@@ -22,6 +22,8 @@ import json
 import re
 from pathlib import Path
 
+from cellvit_cli import metrics
+
 METHODS = ("cellvit", "stardist", "cellpose")
 PEERS = ("stardist", "cellpose")
 SETS = ("test_fluo", "mosaics")
@@ -142,7 +144,7 @@ def object_sizes(mask_path: Path) -> tuple[float, int]:
 
 
 def size_table(run: Path, gt: Path, name: str = "test_fluo") -> list[str]:
-    """Pooled AP@0.5 (TP / (TP + FP + FN)) per method within bins of median object size."""
+    """Pooled AP@0.5 (as `cellvit evaluate` pools it) per method within bins of median size."""
     sizes = {p.stem: object_sizes(p) for p in sorted(gt.glob("*.tif"))}
     head = ["median object diameter", "images", "objects"] + list(METHODS)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -153,22 +155,23 @@ def size_table(run: Path, gt: Path, name: str = "test_fluo") -> list[str]:
             continue
         cells = [label, str(len(stems)), str(sum(sizes[s][1] for s in stems))]
         for method in METHODS:
-            rows = [c for s, c in counts[method].items() if s in stems]
-            tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-            cells.append(fmt(tp / (tp + fp + fn)) if rows and tp + fp + fn else "n/a")
+            binned = [c for s, c in counts[method].items() if s in stems]
+            cells.append(fmt(metrics.scores(metrics.pool(binned))["ap"]) if binned else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def per_image_counts(path: Path, iou: float = 0.5) -> dict[str, dict]:
-    """{image stem: {tp, fp, fn}} at one IoU threshold of a per_image.csv."""
+def per_image_counts(path: Path, iou: float = 0.5) -> dict[str, "metrics.MatchCounts"]:
+    """{image stem: its counts} at one IoU threshold of a per_image.csv."""
     if not path.is_file():
         return {}
     out = {}
     for row in csv.DictReader(path.open()):
         if abs(float(row["iou_thresh"]) - iou) < 1e-9:
-            stem = Path(row["gt_file"]).stem
-            out[stem] = {k: int(row[k]) for k in ("tp", "fp", "fn")}
+            tp = int(row["tp"])
+            out[Path(row["gt_file"]).stem] = metrics.MatchCounts(
+                iou, int(row["n_true"]), int(row["n_pred"]), tp,
+                float(row["mean_matched_iou"]) * tp)
     return out
 
 
