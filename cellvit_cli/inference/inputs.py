@@ -5,12 +5,12 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+import numpy as np
 import tifffile
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS
 from cellvit_cli.io import TIFF_SUFFIXES
-
 
 
 @dataclass
@@ -22,24 +22,35 @@ class Job:
     outputs: dict[str, Path]
 
     def is_done(self, exports: dict[str, bool], heads=()) -> bool:
-        """Whether the labels and every export asked for already exist (maps: of `heads`).
-        Labels from block mode (a tiled BigTIFF) are done without exports: it makes none."""
-        labels = self.outputs["labels"]
+        """Whether the labels are complete (see `labels_layout`) and every export asked for
+        exists (maps: of `heads`). Labels from block mode (a tiled BigTIFF) are done without
+        exports: it makes none."""
         wanted = []
         for name, on in exports.items():
             if on and name == "maps":
                 wanted += [export.maps_path(self.outputs["maps"], head) for head in heads]
             elif on:
                 wanted.append(self.outputs[name])
-        return labels.exists() and (all(p.exists() for p in wanted) or _from_blocks(labels))
+        layout = labels_layout(self.outputs["labels"])
+        return layout == "tiled" or (layout == "plain" and all(p.exists() for p in wanted))
 
 
-def _from_blocks(labels_path: Path) -> bool:
+def labels_layout(path: Path) -> str | None:
+    """'tiled' (block mode's BigTIFF), 'plain', or None when the labels file is missing,
+    empty, unreadable or truncated (its first page's data must lie inside the file). Reads
+    tags only, never pixels."""
     try:
-        with tifffile.TiffFile(labels_path) as tif:
-            return tif.is_bigtiff and tif.pages.first.is_tiled
-    except READ_ERRORS:
-        return False
+        size = path.stat().st_size
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            counts = np.asarray(page.databytecounts)
+            ends = np.add(page.dataoffsets, counts)
+            complete = (0 not in page.shape and counts.size > 0 and counts.min() > 0
+                        and int(ends.max()) <= size)
+            tiled = tif.is_bigtiff and page.is_tiled
+    except READ_ERRORS:  # OSError covers a missing file
+        return None
+    return None if not complete else "tiled" if tiled else "plain"
 
 
 def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
@@ -47,17 +58,17 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
     """(file, output name) for each input image, output names relative to the output folder.
 
     inputs: files (taken as given), folders (their *.tif/*.tiff, or files matching `pattern`;
-    subfolders too if `recursive`, mirrored in the output names) and globs. Our own outputs
-    in `exclude` (the output folder) are never taken from folders or globs. Raises ValueError
-    when nothing is found or two inputs would write the same outputs.
+    subfolders too if `recursive`, mirrored in the output names; hidden files skipped) and
+    globs. Our own outputs in `exclude` (the output folder) are never taken from folders or
+    globs. Raises ValueError when nothing is found or two inputs would write the same outputs.
     """
     found: dict[Path, PurePath] = {}
     for item in inputs:
         item = Path(item)
         if item.is_dir():
             files = item.rglob("*") if recursive else item.iterdir()
-            picked = [(f, f.relative_to(item)) for f in sorted(files)
-                      if f.is_file() and _wanted(f, pattern, exclude)]
+            picked = [(f, f.relative_to(item)) for f in sorted(files) if f.is_file()
+                      and not _hidden(f.relative_to(item)) and _wanted(f, pattern, exclude)]
         elif item.exists() or not glob.has_magic(str(item)):
             picked = [(item, PurePath(item.name))]  # a missing file fails when read
         else:
@@ -85,6 +96,12 @@ def _wanted(path: Path, pattern: str | None, exclude: Path | None, check_suffix=
     if pattern is not None:
         return fnmatch.fnmatch(path.name, pattern)
     return not check_suffix or path.suffix.lower() in TIFF_SUFFIXES
+
+
+def _hidden(relative: PurePath) -> bool:
+    """Whether a file found in a folder is hidden (or in a hidden subfolder): our own temp
+    files (`.name.tmp-*.tif`), macOS `._name.tif`, `.git/`..."""
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _is_output(path: Path, out_dir: Path) -> bool:

@@ -1,0 +1,127 @@
+"""Bad or unusual inputs to `train`, `evaluate`, model folders, reading and `segment`'s
+inputs: each is refused with one line naming the file (or handled), never a traceback or a
+silently wrong result (issue 14)."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from click.testing import CliRunner
+
+from cellvit_cli.cli import main
+from cellvit_cli.inference.inputs import Job, find_inputs, labels_layout
+from cellvit_cli.io import read_image, write_labels
+from cellvit_cli.modeling import ModelConfig, ModelFolderError, build_model, load_model_folder
+from cellvit_cli.modeling.folder import save_model_folder
+from cellvit_cli.targets import clean_labels
+from cellvit_cli.training.augment import AugmentConfig
+from cellvit_cli.training.data import Sample
+from cellvit_cli.training.loop import Trainer, TrainConfig
+
+TINY = ["--variant", "vit_nano_p16", "--heads", "boundary", "--epochs", "1",
+        "--steps-per-epoch", "1", "--batch-size", "1", "--crop-size", "64", "--device", "cpu"]
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _error_line(result, *words) -> str:
+    """The one 'Error: ...' line of a failed command, holding every one of `words`."""
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert str(word) in errors[0], errors[0]
+    return errors[0]
+
+
+def _digest(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file()}
+
+
+def _unwritable_parent(tmp_path):
+    """A folder nobody may create anything in: read-only for a user; /sys for root (which
+    ignores permissions, but the kernel refuses new entries there)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir(mode=0o555)
+        return folder
+    if not os.path.isdir("/sys"):
+        pytest.skip("running as root without /sys")
+    return type(tmp_path)("/sys")
+
+
+@pytest.fixture
+def data(tmp_path, nuclei):
+    """The stardist sample as 4 images of 256 x 256 with their instance masks."""
+    image, labels = nuclei
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    for i, (y, x) in enumerate([(0, 0), (0, 256), (256, 0), (256, 256)]):
+        tifffile.imwrite(images / f"n{i}.tif", image[y:y + 256, x:x + 256])
+        tifffile.imwrite(masks / f"n{i}.tif", labels[y:y + 256, x:x + 256].astype(np.uint16))
+    return images, masks
+
+
+def _train(data, out, *extra):
+    images, masks = data
+    return _run("train", "--images", images, "--masks", masks, *TINY, "-o", out, *extra)
+
+
+# ---- segment inputs and resume ----
+
+def test_segment_inputs_skip_hidden_files(tmp_path, nuclei):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    image = nuclei[0][:64, :64]
+    for name in ("a.tif", "sub/b.tif", ".a_labels.tmp-1a2b3c4d.tif", ".cache/c.tif"):
+        tifffile.imwrite(folder / name, image)
+    (folder / "._a.tif").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00")  # AppleDouble
+    found = find_inputs([folder], recursive=True)
+    assert sorted(str(name) for _, name in found) == ["a", "sub/b"]
+    assert [str(name) for _, name in find_inputs([folder])] == ["a"]
+    hidden = folder / "._a.tif"
+    assert [p for p, _ in find_inputs([hidden])] == [hidden.resolve()]  # named: taken as given
+
+
+def _job(tmp_path):
+    return Job(tmp_path / "a.tif", {"labels": tmp_path / "a_labels.tif",
+                                    "rois": tmp_path / "a_rois.zip"})
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "header_only", "not_tiff"])
+def test_resume_redoes_empty_or_truncated_labels(tmp_path, nuclei, case):
+    job = _job(tmp_path)
+    labels = job.outputs["labels"]
+    write_labels(labels, nuclei[1])
+    assert job.is_done({"rois": False}) and labels_layout(labels) == "plain"
+    data = labels.read_bytes()
+    labels.write_bytes({"empty": b"", "truncated": data[: len(data) - 100],
+                        "header_only": data[:16], "not_tiff": b"label,count\n3,4\n"}[case])
+    assert not job.is_done({"rois": False})
+
+
+def test_segment_rerun_redoes_a_truncated_labels_file(tmp_path, nuclei):
+    torch.manual_seed(0)
+    config = ModelConfig("vit_nano_p16", ("boundary",), median_diameter=12.0)
+    model_dir = save_model_folder(tmp_path / "model", config.build(), config)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "a.tif", nuclei[0][:96, :96])
+    out = tmp_path / "out"
+    assert _run("segment", inputs, "-o", out, "--model", model_dir).exit_code == 0
+    labels = out / "a_labels.tif"
+    complete, data = tifffile.imread(labels), labels.read_bytes()
+    labels.write_bytes(data[: len(data) // 2])
+    result = _run("segment", inputs, "-o", out, "--model", model_dir)
+    assert result.exit_code == 0 and "1 image(s) done, 0 skipped" in result.output
+    np.testing.assert_array_equal(tifffile.imread(labels), complete)
