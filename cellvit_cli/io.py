@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from scipy import ndimage as ndi
 
 # What reading a damaged file raises: tifffile's own error (a ValueError), short reads
 # (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
@@ -27,6 +28,7 @@ _UNIT_TO_UM = {
 _RESUNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 _MAX_INCH_PIXEL_UM = 25.0  # coarser "dpi" pixel sizes are display defaults (72 dpi), not optics
 _MAX_CHANNELS = 8
+_ALPHA_EXTRASAMPLES = (1, 2)  # TIFF ExtraSamples: 1 associated, 2 unassociated alpha
 
 
 class InputError(ValueError):
@@ -36,6 +38,10 @@ class InputError(ValueError):
         self.path = str(path)
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.path}: {self.problem}")
+
+
+class BinaryMaskError(InputError):
+    """A label image that is a binary mask (0/1, several objects), not instance labels."""
 
 
 @dataclass
@@ -63,8 +69,9 @@ def list_tiffs(folder: Path) -> list[Path]:
 def read_image(path, channel: int | None = None) -> Image:
     """Read a 2D TIFF, grey or multi-channel, as (C, Y, X); `channel` keeps one (0-based).
 
-    Raises InputError for a missing, non-TIFF, corrupt or empty file, NaN/inf pixels,
-    non-numeric data, 3D stacks and time series, and an out-of-range `channel`.
+    Alpha samples (RGBA, grey + alpha) are dropped. Raises InputError for a missing,
+    non-TIFF, corrupt or empty file, NaN/inf pixels, non-numeric data, 3D stacks and time
+    series, and an out-of-range `channel`.
     """
     path = Path(path)
     _check_file(path)
@@ -75,6 +82,7 @@ def read_image(path, channel: int | None = None) -> Image:
             series = tif.series[0]
             shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
             pixel_size = tiff_pixel_size(tif)
+            alpha = _alpha_samples(tif.pages.first)
             raw = _read_pixels(path, tif, series)
     except InputError:
         raise
@@ -82,16 +90,20 @@ def read_image(path, channel: int | None = None) -> Image:
         raise InputError(path, f"cannot read TIFF: {err}") from err
     _check_pixels(path, raw, dtype)
     data = _to_cyx(path, raw, shape, axes)
+    if alpha and "S" in axes:  # the channel axis is the samples axis
+        data = np.delete(data, alpha, axis=0)
     if channel is not None:
         data = _select_channel(path, data, channel)
     _check_finite(path, data)
     return Image(path, data, axes, pixel_size)
 
 
-def read_labels(path) -> np.ndarray:
+def read_labels(path, label_binary: bool = False) -> np.ndarray:
     """Read an instance label image: (Y, X) int32, or uint32 if values exceed int32.
 
-    Raises InputError unless the file holds one channel of non-negative integers.
+    Raises InputError unless the file holds one channel of non-negative integers, and
+    BinaryMaskError for a binary mask (see `looks_binary`) unless `label_binary`, which
+    gives each of its 8-connected objects its own label.
     """
     image = read_image(path)
     data = image.data
@@ -100,16 +112,30 @@ def read_labels(path) -> np.ndarray:
                                f"(C, Y, X) from axes '{image.axes}'")
     if not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
         raise InputError(path, f"labels must be integers, got {data.dtype}")
-    labels = data[0]
-    if labels.dtype == bool:
-        return labels.astype(np.int32)
+    labels = np.asarray(data[0], dtype=np.uint8) if data.dtype == bool else data[0]
     low, high = int(labels.min()), int(labels.max())
     if low < 0:
         raise InputError(path, f"labels must be non-negative, found {low}")
     if high > np.iinfo(np.uint32).max:
         raise InputError(path, f"label {high} does not fit in uint32")
+    n_objects = looks_binary(labels)
+    if n_objects and label_binary:
+        return ndi.label(labels, structure=np.ones((3, 3)))[0].astype(np.int32)
+    if n_objects:
+        raise BinaryMaskError(path, f"looks like a binary mask (only 0 and 1, {n_objects} "
+                                    "separate objects), not instance labels: give each object "
+                                    "its own id 1..N (e.g. scipy.ndimage.label)")
     dtype = np.int32 if high <= np.iinfo(np.int32).max else np.uint32
     return np.array(labels, dtype=dtype)
+
+
+def looks_binary(labels: np.ndarray) -> int:
+    """The number of 8-connected objects of a (Y, X) image of only 0 and 1 if more than one
+    (a binary mask, not instance labels), else 0."""
+    if labels.max() != 1:
+        return 0
+    n_objects = ndi.label(labels > 0, structure=np.ones((3, 3)))[1]
+    return n_objects if n_objects > 1 else 0
 
 
 def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None
@@ -206,6 +232,17 @@ def _channel_axis(shape: tuple, axes: str) -> int | None:
         if small and shape[axis] <= min(others):
             return axis
     return None
+
+
+def _alpha_samples(page) -> list[int]:
+    """Indices of `page`'s alpha samples: extra samples marked alpha (RGBA, grey + alpha),
+    or the 4th sample of RGB whose extra sample is unspecified."""
+    samples, extras = page.samplesperpixel, [int(e) for e in page.extrasamples or ()]
+    first = samples - len(extras)
+    alpha = [first + i for i, kind in enumerate(extras) if kind in _ALPHA_EXTRASAMPLES]
+    if not alpha and page.photometric == tifffile.PHOTOMETRIC.RGB and samples == 4:
+        alpha = [3]
+    return alpha
 
 
 def _select_channel(path: Path, data: np.ndarray, channel: int) -> np.ndarray:

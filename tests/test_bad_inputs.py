@@ -76,6 +76,33 @@ def _train(data, out, *extra):
     return _run("train", "--images", images, "--masks", masks, *TINY, "-o", out, *extra)
 
 
+# ---- reading images ----
+
+def test_rgba_alpha_is_dropped_not_averaged(tmp_path, nuclei):
+    rgb = np.stack([(nuclei[0][:64, :64] // 256 + k * 10).astype(np.uint8) for k in range(3)], -1)
+    alpha = np.full((64, 64, 1), 255, np.uint8)
+    rgba = np.concatenate([rgb, alpha], -1)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba)  # tifffile: photometric RGB + alpha
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgba, -1, 0), photometric="rgb",
+                     planarconfig="separate")
+    tifffile.imwrite(tmp_path / "unspecified.tif", rgba, photometric="rgb",
+                     extrasamples=["unspecified"])
+    for name in ("rgba.tif", "planar.tif", "unspecified.tif"):
+        image = read_image(tmp_path / name)
+        np.testing.assert_array_equal(image.data, np.moveaxis(rgb, -1, 0), err_msg=name)
+    grey_alpha = np.stack([rgb[..., 0], alpha[..., 0]], -1)
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(read_image(tmp_path / "ga.tif").data, rgb[None, ..., 0])
+
+
+def test_extra_channels_that_are_not_alpha_stay(tmp_path, nuclei):
+    channels = np.stack([nuclei[0][:64, :64]] * 5, -1)
+    tifffile.imwrite(tmp_path / "five.tif", channels, photometric="minisblack",
+                     planarconfig="contig")
+    assert read_image(tmp_path / "five.tif").data.shape[0] == 5
+
+
 # ---- segment inputs and resume ----
 
 def test_segment_inputs_skip_hidden_files(tmp_path, nuclei):
