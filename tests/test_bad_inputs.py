@@ -76,6 +76,80 @@ def _train(data, out, *extra):
     return _run("train", "--images", images, "--masks", masks, *TINY, "-o", out, *extra)
 
 
+# ---- model folders ----
+
+@pytest.fixture
+def model_dir(tmp_path):
+    config = ModelConfig("vit_nano_p16", ("boundary",), median_diameter=12.0)
+    return save_model_folder(tmp_path / "model", build_model("vit_nano_p16", ("boundary",)),
+                             config, {"boundary": {"fg_thresh": 0.5}, "default_mode": "boundary"})
+
+
+def _damage(folder, case):
+    """Damage `folder` as `case` says; returns the file now at fault."""
+    weights, config, thresholds = (folder / n for n in
+                                   ("weights.pt", "config.json", "thresholds.json"))
+    if case == "weights_missing":
+        weights.unlink()
+    elif case == "weights_truncated":
+        weights.write_bytes(weights.read_bytes()[:2000])
+    elif case == "weights_empty":
+        weights.write_bytes(b"")
+    elif case == "weights_text":
+        weights.write_text("not a checkpoint\n" * 20)
+    elif case == "weights_list":
+        torch.save([1, 2, 3], weights)
+    elif case == "weights_of_other_heads":
+        torch.save(build_model("vit_nano_p16", ("star",)).state_dict(), weights)
+    elif case.startswith("config"):
+        raw = json.loads(config.read_text())
+        text = {"config_truncated": config.read_text()[:40], "config_list": "[1, 2]",
+                "config_no_variant": json.dumps({k: v for k, v in raw.items() if k != "variant"}),
+                "config_zero_diameter": json.dumps(raw | {"median_diameter": 0.0})}[case]
+        config.write_text(text)
+        return config
+    elif case == "thresholds_truncated":
+        thresholds.write_text('{"boundary": {"fg_th')
+        return thresholds
+    elif case == "thresholds_bad_value":
+        thresholds.write_text('{"boundary": {"fg_thresh": "high"}}')
+        return thresholds
+    return weights
+
+
+DAMAGES = {
+    "weights_missing": "missing", "weights_truncated": "truncated or corrupt",
+    "weights_empty": "truncated or corrupt", "weights_text": "truncated or corrupt",
+    "weights_list": "not a state dict", "weights_of_other_heads": "do not fit the config",
+    "config_truncated": "unreadable JSON", "config_list": "not an object",
+    "config_no_variant": "missing or malformed key", "config_zero_diameter": "median_diameter",
+    "thresholds_truncated": "unreadable JSON", "thresholds_bad_value": "'boundary'",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGES))
+def test_damaged_model_folder_is_one_model_folder_error(model_dir, case):
+    at_fault = _damage(model_dir, case)
+    with pytest.raises(ModelFolderError) as info:
+        load_model_folder(model_dir)
+    message = str(info.value)
+    assert message.startswith(f"{at_fault}: ") and "\n" not in message
+    assert DAMAGES[case] in message
+
+
+@pytest.mark.parametrize("case", ["weights_truncated", "config_truncated"])
+def test_segment_with_a_damaged_model_folder(model_dir, tmp_path, nuclei, case):
+    at_fault = _damage(model_dir, case)
+    tifffile.imwrite(tmp_path / "a.tif", nuclei[0][:96, :96])
+    result = _run("segment", tmp_path / "a.tif", "-o", tmp_path / "out", "--model", model_dir)
+    _error_line(result, at_fault)
+
+
+def test_models_cli_with_an_unparsable_config(model_dir):
+    at_fault = _damage(model_dir, "config_truncated")
+    _error_line(_run("models", model_dir), at_fault, "unreadable JSON")
+
+
 # ---- reading images ----
 
 def test_rgba_alpha_is_dropped_not_averaged(tmp_path, nuclei):

@@ -7,13 +7,14 @@ import click
 
 
 def model_summary(folder: Path) -> dict:
-    """Name, variant, heads, default mode and scores of a model folder (no weights loaded)."""
-    from cellvit_cli.modeling.folder import CONFIG_FILE, SCORES_FILE, THRESHOLDS_FILE
+    """Name, variant, heads, default mode and scores of a model folder (no weights loaded);
+    ModelFolderError naming a file that is missing or not JSON."""
+    from cellvit_cli.modeling.folder import CONFIG_FILE, SCORES_FILE, THRESHOLDS_FILE, read_json
 
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = read_json(folder / CONFIG_FILE)
     thresholds_path, scores_path = folder / THRESHOLDS_FILE, folder / SCORES_FILE
-    thresholds = json.loads(thresholds_path.read_text()) if thresholds_path.is_file() else {}
-    scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+    thresholds = read_json(thresholds_path) if thresholds_path.is_file() else {}
+    scores = read_json(scores_path) if scores_path.is_file() else {}
     return {"name": folder.name, "path": str(folder), "variant": config.get("variant"),
             "heads": config.get("heads"), "default_mode": thresholds.get("default_mode"),
             "median_diameter": config.get("median_diameter"), "scores": scores}
@@ -42,10 +43,13 @@ def models(folders, as_json):
       cellvit models
       cellvit models runs/my_model --json
     """
-    from cellvit_cli.modeling.folder import DEFAULT_MODEL, available_models
+    from cellvit_cli.modeling.folder import DEFAULT_MODEL, ModelFolderError, available_models
 
     paths = list(folders) or list(available_models().values())
-    summaries = [model_summary(p) for p in paths]
+    try:
+        summaries = [model_summary(p) for p in paths]
+    except ModelFolderError as err:
+        raise click.ClickException(str(err))
     if as_json:
         click.echo(json.dumps(summaries, indent=2))
         return

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from cellvit_cli import __version__
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling.build import VARIANTS, build_model
 from cellvit_cli.modeling.model import CellViT
+from cellvit_cli.postprocess import MODES, mode_thresholds
 from cellvit_cli.targets import HEADS
 
 FORMAT_VERSION = 1
@@ -18,6 +20,9 @@ DEFAULT_MODEL = "nuclei_fluo_tiny"
 CONFIG_FILE, THRESHOLDS_FILE, WEIGHTS_FILE, CARD_FILE = (
     "config.json", "thresholds.json", "weights.pt", "README.md")
 SCORES_FILE = "scores.json"  # {data set: {mode: {"ap50": .., "ap75": .., "map": .., ...}}}
+# what torch.load raises on a damaged file: short reads, a broken zip, a bad pickle
+_TORCH_LOAD_ERRORS = (OSError, EOFError, RuntimeError, KeyError, ValueError,
+                      pickle.UnpicklingError)
 
 
 @dataclass
@@ -47,7 +52,8 @@ class LoadedModel:
 
 
 class ModelFolderError(ValueError):
-    """A model folder is missing, incomplete or from an incompatible version."""
+    """A model folder is missing, damaged or from an incompatible version; the message is
+    one line naming the file."""
 
 
 def models_dir() -> Path:
@@ -77,40 +83,99 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
                            f"(shipped: {', '.join(shipped) or 'none'})")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ModelFolderError naming it when missing, unreadable or not
+    an object."""
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise ModelFolderError(f"{path}: unreadable JSON ({_reason(err)})") from err
+    if not isinstance(raw, dict):
+        raise ModelFolderError(f"{path}: holds a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
+def read_state(path: Path) -> dict:
+    """A dict saved with torch.save, read with weights_only; ModelFolderError naming `path`
+    when it is missing, truncated, corrupt or not a dict."""
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS as err:
+        raise ModelFolderError(f"{path}: truncated or corrupt ({_reason(err)})") from err
+    if not isinstance(state, dict):
+        raise ModelFolderError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
 def read_config(folder: Path) -> ModelConfig:
     """Read and check config.json against this version of the code."""
-    try:
-        raw = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFolderError(f"{folder / CONFIG_FILE}: unreadable ({err})") from err
+    path = folder / CONFIG_FILE
+    raw = read_json(path)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFolderError(f"{folder}: model format {version}, this cellvit-cli "
                                f"({__version__}) reads format {FORMAT_VERSION}")
     known = set(ModelConfig.__dataclass_fields__)
     if set(raw) - known:
-        raise ModelFolderError(f"{folder / CONFIG_FILE}: unknown keys {sorted(set(raw) - known)}")
-    config = ModelConfig(**{**raw, "heads": tuple(raw["heads"])})
+        raise ModelFolderError(f"{path}: unknown keys {sorted(set(raw) - known)}")
+    try:
+        config = ModelConfig(**{**raw, "heads": tuple(raw["heads"])})
+    except (KeyError, TypeError) as err:
+        raise ModelFolderError(f"{path}: missing or malformed key ({err})") from err
     if config.variant not in VARIANTS or not set(config.heads) <= set(HEADS):
         raise ModelFolderError(f"{folder}: variant {config.variant!r} or heads {config.heads} "
                                f"unknown to this cellvit-cli ({__version__})")
+    _check_numbers(path, config)
     return config
 
 
+def _check_numbers(path: Path, config: ModelConfig) -> None:
+    """in_channels and n_rays: positive integers; median_diameter: a positive number."""
+    for name, kinds in (("in_channels", int), ("n_rays", int), ("median_diameter", (int, float))):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+            kind = "integer" if kinds is int else "number"
+            raise ModelFolderError(f"{path}: {name} must be a positive {kind}, got {value!r}")
+
+
+def read_thresholds(folder: Path) -> dict:
+    """thresholds.json ({} when absent), checked against the decoding modes."""
+    path = folder / THRESHOLDS_FILE
+    thresholds = read_json(path) if path.is_file() else {}
+    for mode in set(MODES) & set(thresholds):
+        try:
+            mode_thresholds(mode, thresholds)
+        except (TypeError, ValueError) as err:
+            raise ModelFolderError(f"{path}: {mode!r}: {_reason(err)}") from err
+    return thresholds
+
+
 def load_model_folder(name_or_path=None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model folder (or a shipped model by name) for inference, in eval mode."""
+    """Load a model folder (or a shipped model by name) for inference, in eval mode.
+
+    Every damage (missing, truncated or corrupt weights, unparsable config.json or
+    thresholds.json, weights that do not fit the config) is a ModelFolderError naming the file.
+    """
     folder = resolve_model(name_or_path)
     config = read_config(folder)
+    thresholds = read_thresholds(folder)
+    state = read_state(folder / WEIGHTS_FILE)
     model = config.build()
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
+    except (RuntimeError, AttributeError) as err:
         raise ModelFolderError(f"{folder / WEIGHTS_FILE}: weights do not fit the config "
-                               f"({str(err).splitlines()[0]})") from err
-    thresholds_path = folder / THRESHOLDS_FILE
-    thresholds = json.loads(thresholds_path.read_text()) if thresholds_path.is_file() else {}
+                               f"({_reason(err)})") from err
     return LoadedModel(model.to(device).eval(), config, thresholds, folder)
+
+
+def _reason(err: Exception) -> str:
+    """The first sentence of an error's message (its type when it has none)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
 
 
 def save_model_folder(folder: str | os.PathLike, model: CellViT, config: ModelConfig,
