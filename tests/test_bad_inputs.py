@@ -76,6 +76,141 @@ def _train(data, out, *extra):
     return _run("train", "--images", images, "--masks", masks, *TINY, "-o", out, *extra)
 
 
+# ---- train -o ----
+
+def test_train_refuses_an_out_holding_a_model_unless_overwrite(data, tmp_path):
+    out = tmp_path / "model"
+    save_model_folder(out, build_model("vit_nano_p16", ("star",)),
+                      ModelConfig("vit_nano_p16", ("star",)))
+    (out / "README.md").write_text("# old model\n")
+    (out / "scores.json").write_text('{"fluo": {"star": {"ap50": 0.9, "ap75": 0.5}}}\n')
+    before = _digest(out)
+    _error_line(_train(data, out), out, "already holds a model", "--overwrite")
+    assert _digest(out) == before
+    result = _train(data, out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (out / "README.md").exists() and not (out / "scores.json").exists()
+    assert load_model_folder(out).config.heads == ("boundary",)
+    _error_line(_train(data, out, "--overwrite", "--resume"), "not both")
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "unwritable"])
+def test_train_out_that_cannot_be_a_model_folder(data, tmp_path, case):
+    (tmp_path / "notes.txt").write_text("a file")
+    out = {"file": tmp_path / "notes.txt", "under_file": tmp_path / "notes.txt" / "model",
+           "unwritable": _unwritable_parent(tmp_path) / "cellvit_model"}[case]
+    problem = {"file": "is a file", "under_file": "under", "unwritable": "cannot create"}[case]
+    _error_line(_train(data, out), out, problem)
+
+
+# ---- train data ----
+
+def test_train_refuses_masks_that_are_all_empty(data, tmp_path):
+    images, masks = data
+    for path in masks.iterdir():
+        tifffile.imwrite(path, np.zeros((256, 256), np.uint16))
+    out = tmp_path / "model"
+    _error_line(_train(data, out), masks, "all 4 training mask(s) are empty")
+    assert not (out / "config.json").exists()
+
+
+def test_train_refuses_validation_masks_that_are_all_empty(data, tmp_path):
+    val_images, val_masks = tmp_path / "val_images", tmp_path / "val_masks"
+    val_images.mkdir(), val_masks.mkdir()
+    tifffile.imwrite(val_images / "v.tif", tifffile.imread(data[0] / "n0.tif"))
+    tifffile.imwrite(val_masks / "v.tif", np.zeros((256, 256), np.uint16))
+    result = _train(data, tmp_path / "m", "--val-images", val_images, "--val-masks", val_masks)
+    _error_line(result, val_masks, "validation mask(s) are empty")
+
+
+def test_train_refuses_empty_validation_folders(data, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _train(data, tmp_path / "m", "--val-images", empty, "--val-masks", empty)
+    _error_line(result, empty, "no validation images")
+
+
+def test_train_says_when_the_only_image_went_to_validation(data, tmp_path):
+    images, masks = data
+    for i in (1, 2, 3):
+        (images / f"n{i}.tif").unlink()
+    result = _train(data, tmp_path / "m", "--val-fraction", "0.5")
+    _error_line(result, images, "no training images left", "--val-fraction 0")
+
+
+def test_train_no_images_at_all(data, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run("train", "--images", empty, "--masks", data[1], *TINY, "-o", tmp_path / "m")
+    _error_line(result, empty, "no training images")
+
+
+def test_train_channel_mismatch_names_the_file(data, tmp_path):
+    images, _ = data
+    grey = tifffile.imread(images / "n2.tif")
+    tifffile.imwrite(images / "n2.tif", np.stack([grey, grey.max() - grey]))
+    result = _train(data, tmp_path / "m", "--in-channels", "3")
+    _error_line(result, images / "n2.tif", "needs 3 channels", "has 2")
+
+
+def test_train_binary_mask_names_the_file(data, tmp_path):
+    _, masks = data
+    binary = (tifffile.imread(masks / "n1.tif") > 0).astype(np.uint8)
+    tifffile.imwrite(masks / "n1.tif", binary)
+    _error_line(_train(data, tmp_path / "m"), masks / "n1.tif", "binary mask")
+
+
+# ---- train --resume ----
+
+@pytest.fixture
+def sample(nuclei):
+    image, labels = nuclei
+    return Sample("n", (image[None, :128, :128] / image.max()).astype(np.float32),
+                  clean_labels(labels[:128, :128]))
+
+
+def _trainer(sample, out, heads):
+    cfg = TrainConfig(variant="vit_nano_p16", heads=heads, epochs=1, steps_per_epoch=1,
+                      batch_size=1, augment=AugmentConfig(crop_size=64), device="cpu")
+    return Trainer([sample], [], out, cfg)
+
+
+def test_resume_from_a_checkpoint_of_other_heads(sample, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    _trainer(sample, tmp_path, ("boundary",)).save_checkpoint()
+    with pytest.raises(ValueError, match="made for heads boundary .this run: star.") as info:
+        _trainer(sample, tmp_path, ("star",)).load_checkpoint()
+    assert "checkpoint.pt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resume_from_an_old_checkpoint_that_does_not_fit(sample, tmp_path):
+    """Checkpoints written before they named their model: the state_dict error, one line."""
+    _trainer(sample, tmp_path, ("boundary",)).save_checkpoint()
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del payload["model_config"]
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt: does not fit") as info:
+        _trainer(sample, tmp_path, ("star",)).load_checkpoint()
+    assert "\n" not in str(info.value)
+
+
+def test_resume_from_a_truncated_checkpoint(sample, tmp_path):
+    _trainer(sample, tmp_path, ("boundary",)).save_checkpoint()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelFolderError, match="checkpoint.pt: truncated or corrupt"):
+        _trainer(sample, tmp_path, ("boundary",)).load_checkpoint()
+
+
+def test_resume_cli_with_other_heads(data, tmp_path):
+    out = tmp_path / "model"
+    assert _train(data, out).exit_code == 0
+    images, masks = data
+    result = _run("train", "--images", images, "--masks", masks,
+                  *[a if a != "boundary" else "star" for a in TINY], "-o", out, "--resume")
+    _error_line(result, out / "checkpoint.pt", "heads boundary")
+
+
 # ---- model folders ----
 
 @pytest.fixture

@@ -61,14 +61,17 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where flow targets are cached (default: OUT/.target_cache).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the model already in OUT (its card, scores and logs go too).")
 def train(images, masks, ids_file, val_images, val_masks, val_ids_file, val_fraction, out_dir,
           variant, heads, in_channels, epochs, steps_per_epoch, batch_size, crop_size, lr,
-          time_budget, val_every, device, seed, cache_dir, resume):
+          time_budget, val_every, device, seed, cache_dir, resume, overwrite):
     """Train a model on images and instance masks; write a model folder.
 
     Crops are augmented (flips, rotations, scale, intensity); validation AP@0.5 is logged
     every --val-every epochs and the best model kept; thresholds are tuned on the
-    validation set at the end. Interrupted runs continue with --resume.
+    validation set at the end. Interrupted runs continue with --resume; an OUT that
+    already holds a model is refused unless --overwrite.
 
     \b
     Example:
@@ -77,12 +80,16 @@ def train(images, masks, ids_file, val_images, val_masks, val_ids_file, val_frac
     """
     from cellvit_cli.training.run import TrainRequest, run_training
 
+    if resume and overwrite:
+        raise click.UsageError("give --resume or --overwrite, not both")
     request = TrainRequest(images, masks, ids_file, val_images, val_masks, val_ids_file,
                            val_fraction, out_dir, cache_dir)
     try:
-        run_training(request, resume=resume, variant=variant, heads=heads,
+        run_training(request, resume=resume, overwrite=overwrite, variant=variant, heads=heads,
                      in_channels=in_channels, epochs=epochs, steps_per_epoch=steps_per_epoch,
                      batch_size=batch_size, crop_size=crop_size, lr=lr, time_budget=time_budget,
                      val_every=val_every, device=device, seed=seed)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
+    except OSError as err:  # e.g. the disk filled up or a folder went read-only mid-run
+        raise click.ClickException(f"{err.filename}: {err.strerror}") from err

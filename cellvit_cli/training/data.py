@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
-from cellvit_cli.io import atomic_path, list_tiffs, read_image, read_labels
+from cellvit_cli.io import InputError, atomic_path, list_tiffs, read_image, read_labels
 from cellvit_cli.preprocess import prepare
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
@@ -60,27 +59,36 @@ def pair_files(images_dir: Path, masks_dir: Path, ids: Sequence[str] | None = No
     return pairs
 
 
-def check_instance_labels(labels: np.ndarray, path: Path) -> None:
-    """Raise ValueError if `labels` looks like a binary/semantic mask rather than instances."""
-    if labels.max() == 1 and ndi.label(labels > 0)[1] > 1:
-        raise ValueError(f"{path}: looks like a binary mask (values 0/1 with several separate "
-                         "objects); masks must be instance labels 0, 1..N")
-
-
 def load_sample(image_path: Path, mask_path: Path, in_channels: int, with_flows: bool,
                 cache_dir: Path | None) -> Sample:
-    """Read, normalise and check one pair; flows come from the cache when present."""
-    image = prepare(read_image(image_path).data, in_channels)  # as `cellvit segment` does
+    """Read, normalise and check one pair; flows come from the cache when present.
+
+    Raises InputError naming the file: a bad image or mask (a binary mask included, see
+    `io.read_labels`), channels the model cannot take, a mask of another shape.
+    """
+    try:  # as `cellvit segment` does
+        image = prepare(read_image(image_path).data, in_channels)
+    except InputError:
+        raise
+    except ValueError as err:  # e.g. fewer channels than --in-channels
+        raise InputError(image_path, str(err)) from err
     labels = read_labels(mask_path)
     if labels.shape != image.shape[1:]:
-        raise ValueError(f"{mask_path}: mask shape {labels.shape} differs from image "
-                         f"{image_path.name} shape {image.shape[1:]}")
-    check_instance_labels(labels, mask_path)
+        raise InputError(mask_path, f"mask shape {labels.shape} differs from image "
+                                    f"{image_path.name} shape {image.shape[1:]}")
     if labels.max() == 0:
         warnings.warn(f"{mask_path}: no objects (trained on as background only)", stacklevel=2)
     labels = clean_labels(labels)
     flows = cached_flows(labels, cache_dir) if with_flows else None
     return Sample(image_path.stem, image, labels, flows)
+
+
+def require_objects(samples: Sequence[Sample], masks_dir: Path, what: str) -> None:
+    """Raise ValueError naming `masks_dir` when samples were given but none has an object
+    (nothing to learn, or a validation score of nothing)."""
+    if samples and not any(s.labels.any() for s in samples):
+        raise ValueError(f"{masks_dir}: all {len(samples)} {what} mask(s) are empty (no "
+                         "objects); masks must label each object 1..N")
 
 
 def cached_flows(labels: np.ndarray, cache_dir: Path | None) -> np.ndarray:
@@ -103,12 +111,16 @@ def load_samples(pairs: Sequence[tuple[Path, Path]], in_channels: int, heads: Se
     from tqdm import tqdm
 
     with_flows = "flow" in heads
-    return [load_sample(i, m, in_channels, with_flows, cache_dir)
-            for i, m in tqdm(pairs, desc="loading", unit="image", disable=not progress)]
+    # a context manager: an error ends the bar's line before its message is printed
+    with tqdm(pairs, desc="loading", unit="image", disable=not progress) as bar:
+        return [load_sample(i, m, in_channels, with_flows, cache_dir) for i, m in bar]
 
 
 def median_diameter(samples: Sequence[Sample]) -> float:
-    """Median equivalent-circle diameter (px) of all objects in `samples`."""
+    """Median equivalent-circle diameter (px) of all objects in `samples`; ValueError if
+    they hold none."""
     areas = np.concatenate([np.bincount(s.labels.ravel())[1:] for s in samples])
     areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if areas.size else 0.0
+    if not areas.size:
+        raise ValueError("the training masks hold no objects: no median diameter")
+    return float(np.median(2 * np.sqrt(areas / np.pi)))

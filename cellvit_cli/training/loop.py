@@ -15,6 +15,7 @@ import torch
 from cellvit_cli.inference.device import autocast, resolve_device
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
+from cellvit_cli.modeling.folder import read_state
 from cellvit_cli.targets import HEADS
 from cellvit_cli.training.augment import AugmentConfig, random_crop
 from cellvit_cli.training.data import Sample, median_diameter
@@ -190,18 +191,42 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Everything needed to resume, written atomically to checkpoint.pt."""
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "state": asdict(self.state),
+                   "state": asdict(self.state), "model_config": asdict(self.model_config),
                    "torch_rng": torch.get_rng_state()}
         with atomic_path(self.out_dir / CHECKPOINT_FILE) as tmp:
             torch.save(payload, tmp)
 
     def load_checkpoint(self) -> None:
-        """Continue from checkpoint.pt in the output folder."""
+        """Continue from checkpoint.pt in the output folder. ValueError naming it when it is
+        damaged or made for another model (variant, heads, channels, rays)."""
         path = self.out_dir / CHECKPOINT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        payload = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainState(**payload["state"])
-        torch.set_rng_state(payload["torch_rng"])
+        payload = read_state(path)
+        self._check_fits(path, payload.get("model_config") or {})
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.state = TrainState(**payload["state"])
+            torch.set_rng_state(payload["torch_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{path}: does not fit this run's model ({reason}); {_RESUME_HINT}"
+                             ) from err
+
+    def _check_fits(self, path: Path, saved: dict) -> None:
+        """Raise ValueError naming what differs between the checkpoint's model and this run's."""
+        ours = asdict(self.model_config)
+        differ = [f"{key} {_plain(saved[key])} (this run: {_plain(ours[key])})"
+                  for key in ("variant", "heads", "in_channels", "n_rays")
+                  if key in saved and _plain(saved[key]) != _plain(ours[key])]
+        if differ:
+            raise ValueError(f"{path}: made for {', '.join(differ)}; {_RESUME_HINT}")
+
+
+_RESUME_HINT = "resume with the settings it was trained with, or start afresh with --overwrite"
+
+
+def _plain(value) -> str:
+    """A config value as the command line spells it: heads ('star', 'flow') -> star,flow."""
+    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
