@@ -6,6 +6,7 @@ per_image.csv, scores.png and a console table.
 
 import csv
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,22 +42,31 @@ class Evaluation:
 def parse_thresholds(text: str) -> tuple[float, ...]:
     """'0.5:0.05:0.95' (start:step:stop, stop included) or '0.5,0.75' -> IoU thresholds.
 
-    Raises ValueError unless every threshold is in (0, 1].
+    Raises ValueError unless every threshold is in (0, 1] and a range goes up.
     """
+    is_range = ":" in text
+    parts = text.split(":") if is_range else [p for p in text.split(",") if p.strip()]
     try:
-        if ":" in text:
-            start, step, stop = (float(part) for part in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            count = int(np.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 6) for i in range(max(count, 0))]
-        else:
-            values = [float(part) for part in text.split(",") if part.strip()]
+        numbers = [float(part) for part in parts]
     except ValueError:
+        numbers = None
+    if numbers is None or (is_range and len(numbers) != 3):
         raise ValueError(f"'{text}' is neither start:step:stop nor a comma list of numbers")
+    values = _threshold_range(text, *numbers) if is_range else numbers
     if not values or not all(0 < v <= 1 for v in values):
         raise ValueError(f"'{text}': IoU thresholds must lie in (0, 1]")
     return tuple(sorted(set(values)))
+
+
+def _threshold_range(text: str, start: float, step: float, stop: float) -> list[float]:
+    """start, start + step, ... up to stop (included); ValueError unless it goes up."""
+    if step <= 0:
+        raise ValueError(f"'{text}': the step of start:step:stop must be positive")
+    if stop < start:
+        raise ValueError(f"'{text}': the range runs down (start {start:g} > stop {stop:g}); "
+                         f"write it upwards, e.g. {stop:g}:{step:g}:{start:g}")
+    count = int(np.floor((stop - start) / step + 1e-9)) + 1
+    return [round(start + i * step, 6) for i in range(count)]
 
 
 def _by_key(files: Sequence[Path], suffix: str) -> dict[str, Path]:
@@ -92,21 +102,39 @@ def pair_files(pred_dir, gt_dir, pred_suffix: str = "_labels",
                    gt_suffix=best)
 
 
-def _load_pairs(pairing: Pairing) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _load_pairs(pairing: Pairing, binary_gt: bool
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for _, pred_path, gt_path in pairing.pairs:
-        gt, pred = read_labels(gt_path), read_labels(pred_path)
+        gt, pred = read_labels(gt_path, label_binary=binary_gt), read_labels(pred_path)
         if gt.shape != pred.shape:
             raise InputError(pred_path, f"shape {pred.shape} differs from the ground truth "
                                         f"{gt_path.name} {gt.shape}")
         yield gt, pred
 
 
-def evaluate(pairing: Pairing, iou_threshs: Sequence[float] = metrics.DEFAULT_IOU_THRESHS
-             ) -> Evaluation:
-    """Read every pair (InputError on a bad file) and match its objects."""
+def evaluate(pairing: Pairing, iou_threshs: Sequence[float] = metrics.DEFAULT_IOU_THRESHS,
+             binary_gt: bool = False) -> Evaluation:
+    """Read every pair and match its objects.
+
+    InputError on a bad file; BinaryMaskError on a label image that is a binary mask (0/1,
+    several objects), unless `binary_gt`, which labels the ground truth's connected objects.
+    """
     if not pairing.pairs:
         raise ValueError("no prediction/ground-truth pairs to evaluate")
-    return Evaluation(pairing, metrics.evaluate_pairs(_load_pairs(pairing), iou_threshs))
+    pairs = _load_pairs(pairing, binary_gt)
+    return Evaluation(pairing, metrics.evaluate_pairs(pairs, iou_threshs))
+
+
+def check_output_dir(path) -> None:
+    """InputError naming `path` unless it is, or can become, a writable folder (creates
+    nothing, so a failed evaluation leaves no empty report folder)."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(path, "is a file, not a folder" if existing == path
+                         else f"lies under {existing}, a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot write there: {existing} is not writable")
 
 
 def _at(rows: list[dict], name: str, thresh: float) -> float | None:
@@ -176,15 +204,18 @@ def format_table(report: dict) -> str:
 def write_report(evaluation: Evaluation, settings: dict, out_dir) -> dict:
     """Write summary.json, per_image.csv and scores.png into `out_dir` (atomically each).
 
-    Returns the summary dict.
+    Returns the summary dict; InputError naming `out_dir` when it cannot be written.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = summary(evaluation, settings)
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    _write_csv(out_dir / "per_image.csv", per_image_rows(evaluation))
-    plot_scores(report, out_dir / "scores.png")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "summary.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        _write_csv(out_dir / "per_image.csv", per_image_rows(evaluation))
+        plot_scores(report, out_dir / "scores.png")
+    except OSError as err:
+        raise InputError(out_dir, f"cannot write the report ({err.strerror})") from err
     return report
 
 

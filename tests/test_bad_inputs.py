@@ -285,6 +285,84 @@ def test_models_cli_with_an_unparsable_config(model_dir):
     _error_line(_run("models", model_dir), at_fault, "unreadable JSON")
 
 
+# ---- evaluate ----
+
+@pytest.fixture
+def scored(tmp_path, nuclei):
+    """gt/img{0,1}.tif and pred/img{0,1}_labels.tif: quarters of the sample, the prediction
+    shifted by a pixel."""
+    labels = nuclei[1]
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir(), pred_dir.mkdir()
+    for i, x in enumerate((0, 256)):
+        gt = labels[:256, x:x + 256]
+        write_labels(gt_dir / f"img{i}.tif", gt)
+        write_labels(pred_dir / f"img{i}_labels.tif", np.roll(gt, 1, axis=0))
+    return gt_dir, pred_dir
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool])
+def test_evaluate_refuses_binary_ground_truth(scored, dtype):
+    gt_dir, pred_dir = scored
+    binary = tifffile.imread(gt_dir / "img1.tif") > 0
+    tifffile.imwrite(gt_dir / "img1.tif", binary.astype(dtype))
+    result = _run("evaluate", "--pred", pred_dir, "--gt", gt_dir)
+    _error_line(result, gt_dir / "img1.tif", "looks like a binary mask", "--binary-gt")
+
+
+def test_evaluate_binary_gt_labels_connected_objects(scored, tmp_path):
+    from scipy import ndimage as ndi
+
+    gt_dir, pred_dir = scored
+    binary = tifffile.imread(gt_dir / "img1.tif") > 0
+    tifffile.imwrite(gt_dir / "img1.tif", binary.astype(np.uint8))
+    n_true = len(np.unique(tifffile.imread(gt_dir / "img0.tif"))) - 1
+    n_true += ndi.label(binary, np.ones((3, 3)))[1]  # 8-connected objects of the binary mask
+    result = _run("evaluate", "--pred", pred_dir, "--gt", gt_dir, "--binary-gt", "-o",
+                  tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["n_true"] == n_true and summary["settings"]["binary_gt"] is True
+
+
+def test_evaluate_refuses_binary_predictions(scored):
+    gt_dir, pred_dir = scored
+    path = pred_dir / "img0_labels.tif"
+    tifffile.imwrite(path, (tifffile.imread(path) > 0).astype(np.uint16))
+    for extra in ([], ["--binary-gt"]):
+        result = _run("evaluate", "--pred", pred_dir, "--gt", gt_dir, *extra)
+        line = _error_line(result, path, "looks like a binary mask")
+        assert "--binary-gt" not in line
+
+
+def test_evaluate_accepts_a_single_object_labelled_one(scored):
+    gt_dir, pred_dir = scored
+    one = np.zeros((256, 256), np.uint16)
+    one[40:60, 40:60] = 1
+    write_labels(gt_dir / "img0.tif", one)
+    write_labels(pred_dir / "img0_labels.tif", one)
+    assert _run("evaluate", "--pred", pred_dir, "--gt", gt_dir).exit_code == 0
+
+
+def test_evaluate_descending_threshold_range(scored):
+    gt_dir, pred_dir = scored
+    result = _run("evaluate", "--pred", pred_dir, "--gt", gt_dir, "--iou-thresholds",
+                  "0.95:0.05:0.5")
+    assert result.exit_code == 2
+    assert "runs down" in result.output and "0.5:0.05:0.95" in result.output
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "unwritable"])
+def test_evaluate_output_folder_that_cannot_be_written(scored, tmp_path, case):
+    gt_dir, pred_dir = scored
+    (tmp_path / "notes.txt").write_text("a file")
+    out = {"file": tmp_path / "notes.txt", "under_file": tmp_path / "notes.txt" / "report",
+           "unwritable": _unwritable_parent(tmp_path) / "cellvit_report"}[case]
+    result = _run("evaluate", "--pred", pred_dir, "--gt", gt_dir, "-o", out)
+    _error_line(result, out)
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
 # ---- reading images ----
 
 def test_rgba_alpha_is_dropped_not_averaged(tmp_path, nuclei):

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from cellvit_cli import evaluation
-from cellvit_cli.io import InputError
+from cellvit_cli.io import BinaryMaskError, InputError
 
 _FOLDER = click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
 
@@ -61,12 +61,16 @@ def _pair_or_fail(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_unmatched):
               callback=_thresholds, help="start:step:stop or a comma list, e.g. 0.5,0.75.")
 @click.option("--skip-unmatched", is_flag=True,
               help="Evaluate the pairs found instead of failing on unpaired files.")
-def evaluate(pred_dir, gt_dir, out_dir, pred_suffix, gt_suffix, iou_threshs, skip_unmatched):
+@click.option("--binary-gt", is_flag=True,
+              help="Ground truth is binary masks (0/1): label their 8-connected objects.")
+def evaluate(pred_dir, gt_dir, out_dir, pred_suffix, gt_suffix, iou_threshs, skip_unmatched,
+             binary_gt):
     """Score predicted label images against ground truth.
 
     Files pair by name: pred img1_labels.tif goes with gt img1.tif or img1_masks.tif.
     Prints AP (TP/(TP+FP+FN)), F1, PQ per IoU threshold, pooled over all objects, and AJI;
-    with -o also writes summary.json, per_image.csv and scores.png.
+    with -o also writes summary.json, per_image.csv and scores.png. A binary mask (0/1 with
+    several objects) is refused: it would score as one object.
 
     \b
     Example:
@@ -75,15 +79,20 @@ def evaluate(pred_dir, gt_dir, out_dir, pred_suffix, gt_suffix, iou_threshs, ski
     pairing = _pair_or_fail(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_unmatched)
     settings = {"pred_dir": str(pred_dir), "gt_dir": str(gt_dir), "pred_suffix": pred_suffix,
                 "gt_suffix": gt_suffix, "iou_thresholds": list(iou_threshs),
-                "skip_unmatched": skip_unmatched}
+                "skip_unmatched": skip_unmatched, "binary_gt": binary_gt}
     try:
-        result = evaluation.evaluate(pairing, iou_threshs)
+        if out_dir is not None:
+            evaluation.check_output_dir(out_dir)
+        result = evaluation.evaluate(pairing, iou_threshs, binary_gt)
+        if out_dir is None:
+            report = evaluation.summary(result, settings)
+        else:
+            report = evaluation.write_report(result, settings, out_dir)
+    except BinaryMaskError as err:
+        is_gt = any(str(gt) == err.path for _, _, gt in pairing.pairs)
+        raise click.ClickException(str(err) + (" or pass --binary-gt" if is_gt else ""))
     except InputError as err:
         raise click.ClickException(str(err))
-    if out_dir is None:
-        report = evaluation.summary(result, settings)
-    else:
-        report = evaluation.write_report(result, settings, out_dir)
     click.echo(evaluation.format_table(report))
     if out_dir is not None:
         click.echo(f"report written to {out_dir}")
