@@ -5,6 +5,7 @@ naming the file. Input files are only ever opened for reading.
 """
 
 import contextlib
+import json
 import os
 import secrets
 import xml.etree.ElementTree as ElementTree
@@ -19,6 +20,7 @@ from scipy import ndimage as ndi
 # What reading a damaged file raises: tifffile's own error (a ValueError), short reads
 # (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
 TIFF_SUFFIXES = (".tif", ".tiff")
+LABEL_METADATA_KEY = "cellvit"  # where write_labels keeps its metadata in the description
 _READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
 _UNIT_TO_UM = {
     "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0, "micron": 1.0,
@@ -138,23 +140,52 @@ def looks_binary(labels: np.ndarray) -> int:
     return n_objects if n_objects > 1 else 0
 
 
-def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None
-                 ) -> None:
+def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None,
+                 metadata: dict | None = None) -> None:
     """Write (Y, X) non-negative integer labels as a zlib-compressed TIFF, atomically.
 
     uint16 when the largest label fits, else uint32. `pixel_size` (y, x) in micrometres
     is stored as resolution tags (plus ImageJ's unit 'um' for uint16), so `read_image`
-    gives it back.
+    gives it back. `metadata` (JSON-able) is stored under the key "cellvit" of the image
+    description; `read_label_metadata` gives it back.
     """
     labels = _checked_labels(path, labels)
     dtype = np.uint16 if labels.size == 0 or labels.max() <= 65535 else np.uint32
     options = {"compression": "zlib"}
-    if dtype == np.uint16:
+    imagej = dtype == np.uint16
+    if imagej:
         options["imagej"] = True
     if pixel_size is not None:
-        options |= _resolution_options(pixel_size, imagej=dtype == np.uint16)
+        options |= _resolution_options(pixel_size, imagej=imagej)
+    if metadata is not None:
+        options["metadata"] = options.get("metadata", {}) | label_description(metadata, imagej)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels.astype(dtype, copy=False), **options)
+
+
+def label_description(metadata: dict, imagej: bool) -> dict:
+    """tifffile `metadata` entries that store `metadata` under "cellvit" (ImageJ keeps
+    string values only, so there it is a JSON string)."""
+    return {LABEL_METADATA_KEY: json.dumps(metadata) if imagej else metadata}
+
+
+def read_label_metadata(path) -> dict:
+    """The "cellvit" metadata of a labels TIFF written by `write_labels` or block mode
+    ({} when there is none or the file cannot be read)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.imagej_metadata and LABEL_METADATA_KEY in tif.imagej_metadata:
+                found = tif.imagej_metadata[LABEL_METADATA_KEY]
+            else:
+                found = json.loads(tif.pages.first.description or "{}").get(LABEL_METADATA_KEY)
+    except (*_READ_ERRORS, AttributeError):
+        return {}
+    if isinstance(found, str):
+        try:
+            found = json.loads(found)
+        except ValueError:
+            return {}
+    return found if isinstance(found, dict) else {}
 
 
 @contextlib.contextmanager

@@ -220,7 +220,7 @@ def test_block_mode_agrees_with_whole_image_mode_with_the_shipped_model(tmp_path
         pytest.skip(str(err))
     image, labels = load_nuclei_sample()
     mosaic = make_mosaic(image, labels, (1200, 1000), seed=3)[0]
-    segmenter = Segmenter(loaded, SegmentSettings(progress=False, device="cpu"))
+    segmenter = Segmenter(loaded, SegmentSettings(scale=1.0, progress=False, device="cpu"))
     whole = segment_array(mosaic, segmenter)
     source = RegionSource(ArrayRegions(mosaic[np.newaxis]), loaded.config.in_channels)
     blocks = plan_blocks(mosaic.shape, 512, halo_for(loaded.config.median_diameter))

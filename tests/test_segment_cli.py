@@ -46,7 +46,12 @@ def inputs(tmp_path):
 
 
 def _run(*args):
-    return CliRunner().invoke(main, ["segment", *map(str, args)], catch_exceptions=False)
+    """`cellvit segment ARGS`, at the fixture model's own size (--diameter 12, zoom 1) unless
+    ARGS set the size: the size estimate is tested with the shipped model."""
+    args = [str(a) for a in args]
+    if not {"--diameter", "--scale"} & set(args):
+        args += ["--diameter", "12"]
+    return CliRunner().invoke(main, ["segment", *args], catch_exceptions=False)
 
 
 def _digest(folder):
@@ -64,7 +69,7 @@ def test_folder_with_a_broken_file_resume_and_overwrite(inputs, tmp_path, model_
     assert labels_a.shape == (120, 160) and labels_a.dtype == np.uint16 and labels_a.max() > 50
     assert read_image(out / "a_labels.tif").pixel_size == pytest.approx((0.5, 0.5))
     assert tifffile.imread(out / "b_labels.tif").shape == (96, 112)
-    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif", "summary.csv"]
     assert _digest(inputs) == before  # inputs untouched
 
     mtime = (out / "a_labels.tif").stat().st_mtime_ns
@@ -85,7 +90,7 @@ def test_exports_and_exit_code_zero(inputs, tmp_path, model_dir):
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a.geojson", "a_cells.csv", "a_labels.tif", "a_maps_star.tif",
-                     "a_overlay.png", "a_rois.zip"]
+                     "a_overlay.png", "a_rois.zip", "summary.csv"]
     # asking for an export that is missing redoes the image
     (out / "a_rois.zip").unlink()
     result = _run(inputs / "a.tif", "-o", out, "--model", model_dir, "--roi")

@@ -27,6 +27,24 @@ def _setup_logging() -> logging.Handler:
     return handler
 
 
+class _Diameter(click.ParamType):
+    """'auto', 0 (auto, as in Cellpose) or a positive number of pixels."""
+
+    name = "auto|PX"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) or str(value).strip().lower() != "auto":
+            try:
+                number = float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not 'auto' or a number of pixels", param, ctx)
+            if not number >= 0 or number == float("inf"):
+                self.fail(f"{value!r}: give a diameter > 0 px, or 0 / auto to estimate it",
+                          param, ctx)
+            return "auto" if number == 0 else number
+        return "auto"
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True,
@@ -42,11 +60,13 @@ def _setup_logging() -> logging.Handler:
                    "'*_dapi.tif'. [default: *.tif, *.tiff]")
 @click.option("--channel", type=click.IntRange(min=0), default=None,
               help="Segment this channel (0-based). [default: the mean of all channels]")
-@click.option("--diameter", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--diameter", type=_Diameter(), default="auto", show_default=True,
               help="Typical cell diameter in the images (px); images are zoomed so cells match "
-                   "the model's training size.")
+                   "the model's training size. auto (or 0): estimated per image, shown in the "
+                   "log and OUT/summary.csv.")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Zoom images by this factor before the network (instead of --diameter).")
+              help="Zoom images by this factor before the network (instead of --diameter; "
+                   "no estimate).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Tiles per network batch (tiles of several images share a batch). "
                    "[default: 8 on a GPU, 1 on the CPU]")
@@ -72,7 +92,10 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     """Segment the cells of INPUT images (TIFF files, folders, globs) into OUT labels.
 
     Writes OUT/<stem>_labels.tif per image (uint16, uint32 above 65,535 cells, with the
-    image's pixel size) and the exports asked for. Finished images are skipped unless
+    image's pixel size, zoom and object diameter), the exports asked for, and
+    OUT/summary.csv (per image: diameter, zoom, cells, seconds). By default each image's
+    object size is estimated and the image zoomed to the model's size; --diameter or
+    --scale fix it. Finished images are skipped unless
     --overwrite, so an interrupted run resumes. Unreadable images are reported and skipped;
     the exit code is 1 if any image failed.
 
@@ -80,12 +103,13 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     Examples:
       cellvit segment sample_data -o out
       cellvit segment 'plates/**/*.tif' --recursive -o out --diameter 25 --roi --measure
+      cellvit segment big_nuclei/ -o out             # object size estimated per image
     """
     from cellvit_cli.inference.device import resolve_device
     from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths
     from cellvit_cli.modeling import ModelFolderError
 
-    if diameter is not None and scale is not None:
+    if diameter != "auto" and scale is not None:
         raise click.UsageError("give --diameter or --scale, not both")
     try:
         resolve_device(device)

@@ -11,6 +11,7 @@ BigTIFF as soon as no later block can reach their rows.
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from cellvit_cli.bigtiff import TILE, TiffRegionReader, UnsupportedLayout, retype_tiled, write_tiled
 from cellvit_cli.inference.tiling import Slices
-from cellvit_cli.io import InputError, atomic_path, read_image
+from cellvit_cli.io import LABEL_METADATA_KEY, InputError, atomic_path, read_image
 
 log = logging.getLogger(__name__)
 
@@ -246,23 +247,29 @@ class RegionSource:
         low, high = np.percentile(sample, PERCENTILES, axis=(1, 2))
         return low.astype(np.float32), high.astype(np.float32)
 
-    def read(self, region: Slices) -> np.ndarray:
-        """(in_channels, y * scale, x * scale) float32 model input of `region` of the image."""
+    def read(self, region: Slices, zoom: float | None = None) -> np.ndarray:
+        """(in_channels, y * zoom, x * zoom) float32 model input of `region` of the image
+        (zoom: `scale` if None)."""
         from cellvit_cli.preprocess import rescale
 
         data = self._channels(self.regions.read(*region)).astype(np.float32)
         for c, (low, high) in enumerate(zip(self.low, self.high)):
             data[c] = (data[c] - low) / max(high - low, 1e-6) if high > low else 0.0
-        return rescale(data, self.scale).astype(np.float32, copy=False)
+        zoom = self.scale if zoom is None else zoom
+        return rescale(data, zoom).astype(np.float32, copy=False)
 
 
-def segment_file_blocks(path, out_path, segmenter, clock=None) -> tuple[int, int]:
+def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
+                        metadata=None) -> tuple[int, int, object]:
     """Segment the TIFF at `path` block by block into labels at `out_path` (atomic).
 
-    segmenter: a `pipeline.Segmenter` (its predictor, decode, zoom, model config and
-    settings.block_size / channel / progress). Labels are uint16 when the cells fit, else
-    uint32, with the input's pixel size. Returns (cells, pixels). Raises InputError when
-    the file cannot be read. clock(stage) is an optional timing context manager.
+    segmenter: a `segmenter.Segmenter` (its predictor, decode, zoom, model config and
+    settings.block_size / channel / progress). One zoom serves the whole image: that of
+    `estimate` (a `sizing.SizeEstimate`), else the segmenter's, estimated from crops of the
+    image when the segmenter has none. Labels are uint16 when the cells fit, else uint32,
+    with the input's pixel size and `metadata(estimate)` (a JSON-able dict) in the
+    description. Returns (cells, pixels, estimate). Raises InputError when the file cannot
+    be read. clock(stage) is an optional timing context manager.
     """
     clock = clock or (lambda stage: contextlib.nullcontext())
     settings, config = segmenter.settings, segmenter.loaded.config
@@ -271,11 +278,14 @@ def segment_file_blocks(path, out_path, segmenter, clock=None) -> tuple[int, int
     try:
         with clock("read"):
             try:
-                source = RegionSource(regions, config.in_channels, settings.channel,
-                                      segmenter.scale)
+                source = RegionSource(regions, config.in_channels, settings.channel)
             except READ_ERRORS as err:  # the percentile pass reads every pixel once
                 raise InputError(path, f"cannot read TIFF: {err}") from err
-        halo = halo_for(config.median_diameter, segmenter.scale)
+        if estimate is None:
+            with clock("size"):
+                estimate = segmenter.estimate(source.shape, source.read, whole_pixels=0)
+        source.scale = estimate.zoom
+        halo = halo_for(config.median_diameter, estimate.zoom)
         blocks = plan_blocks(source.shape, settings.block_size, halo)
 
         def predict(outer):
@@ -287,11 +297,13 @@ def segment_file_blocks(path, out_path, segmenter, clock=None) -> tuple[int, int
             with clock("decode"):
                 return segmenter.decode(maps, tuple(s.stop - s.start for s in outer))
 
+        extra = {} if metadata is None else {"description": json.dumps(
+            {LABEL_METADATA_KEY: metadata(estimate)})}
         n_cells = _write_labels(out_path, source.shape, blocks, predict, decode, pixel_size,
-                                settings.progress, Path(path).name, clock)
+                                settings.progress, Path(path).name, clock, extra)
     finally:
         getattr(regions, "close", lambda: None)()
-    return n_cells, source.shape[0] * source.shape[1]
+    return n_cells, source.shape[0] * source.shape[1], estimate
 
 
 def _open_regions(path: Path):
@@ -314,13 +326,13 @@ def _open_regions(path: Path):
 
 
 def _write_labels(out_path, shape, blocks, predict, decode, pixel_size, progress: bool,
-                  name: str, clock) -> int:
+                  name: str, clock, extra: dict | None = None) -> int:
     """Run `segment_blocks` into a uint32 temporary file, then narrow it to uint16 if the
-    cells fit, and move it to `out_path`."""
-    resolution = None
+    cells fit, and move it to `out_path`. `extra`: more tifffile write arguments."""
+    resolution = dict(extra or {})
     if pixel_size is not None:
-        resolution = {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]),
-                      "resolutionunit": "CENTIMETER"}
+        resolution |= {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]),
+                       "resolutionunit": "CENTIMETER"}
     n_blocks = sum(len(row) for row in blocks)
     bar = tqdm(total=n_blocks, unit="block", desc=name, leave=False,
                disable=None if progress else True)
