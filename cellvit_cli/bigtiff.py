@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import tifffile
 
+from cellvit_cli.io import alpha_samples
+
 TILE = 256
 JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 
@@ -24,25 +26,29 @@ class UnsupportedLayout(ValueError):
 class TiffRegionReader:
     """Regions of the first image series of a TIFF as (C, y, x) arrays of its native dtype.
 
-    Handles series whose axes, once length-1 axes are dropped, are YX, YXS (samples, e.g.
-    RGB), SYX (planar samples) or CYX (one page per channel). Raises `UnsupportedLayout`
-    for others (Z stacks, time series, ...). Use as a context manager or call `close`.
+    Handles series whose axes, once length-1 axes other than Y and X are dropped, are YX,
+    YXS (samples, e.g. RGB), SYX (planar samples) or CYX (one page per channel). Alpha
+    samples are dropped, as `io.read_image` drops them. Raises `UnsupportedLayout` for
+    others (Z stacks, time series, ...). Use as a context manager or call `close`.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._tif = tifffile.TiffFile(self.path)
         try:
-            self._pages, self.shape = self._layout(self._tif.series[0])
+            self._pages, shape = self._layout(self._tif.series[0])
         except Exception:
             self._tif.close()
             raise
-        self.dtype = self._pages[0].keyframe.dtype
+        key = self._pages[0].keyframe
+        self.dtype = key.dtype
+        self._alpha = alpha_samples(key) if len(self._pages) == 1 and shape[0] > 1 else []
+        self.shape = (shape[0] - len(self._alpha), *shape[1:])
 
     @staticmethod
     def _layout(series) -> tuple[list, tuple[int, int, int]]:
-        axes = "".join(a for a, n in zip(series.axes, series.shape) if n > 1)
-        sizes = {a: n for a, n in zip(series.axes, series.shape) if n > 1}
+        kept = [(a, n) for a, n in zip(series.axes, series.shape) if n > 1 or a in "YX"]
+        axes, sizes = "".join(a for a, _ in kept), dict(kept)
         pages = list(series.pages)
         if any(p is None for p in pages):
             raise UnsupportedLayout(f"{series.parent.filehandle.name}: pages not indexed")
@@ -72,7 +78,9 @@ class TiffRegionReader:
         y0, y1, _ = ys.indices(self.shape[1])
         x0, x1, _ = xs.indices(self.shape[2])
         parts = [self._read_page(page, y0, y1, x0, x1) for page in self._pages]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if len(parts) > 1:
+            return np.concatenate(parts, axis=0)
+        return np.delete(parts[0], self._alpha, axis=0) if self._alpha else parts[0]
 
     def _read_page(self, page, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if page.is_contiguous and not page.keyframe.is_tiled:

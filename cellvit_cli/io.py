@@ -7,6 +7,7 @@ naming the file. Input files are only ever opened for reading.
 import contextlib
 import json
 import os
+import re
 import secrets
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ _RESUNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 cent
 _MAX_INCH_PIXEL_UM = 25.0  # coarser "dpi" pixel sizes are display defaults (72 dpi), not optics
 _MAX_CHANNELS = 8
 _ALPHA_EXTRASAMPLES = (1, 2)  # TIFF ExtraSamples: 1 associated, 2 unassociated alpha
+# atomic_path's temporary name ".<stem>.tmp-<8 hex><suffix>", maybe with more after it
+_TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.tmp-[0-9a-f]{8}(?P<suffix>\.[^.]*)?(\..+)?")
 
 
 class InputError(ValueError):
@@ -84,19 +87,21 @@ def read_image(path, channel: int | None = None) -> Image:
             series = tif.series[0]
             shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
             pixel_size = tiff_pixel_size(tif)
-            alpha = _alpha_samples(tif.pages.first)
+            alpha = alpha_samples(tif.pages.first)
             raw = _read_pixels(path, tif, series)
     except InputError:
         raise
     except _READ_ERRORS as err:
         raise InputError(path, f"cannot read TIFF: {err}") from err
-    _check_pixels(path, raw, dtype)
+    if raw.size == 0:
+        raise InputError(path, f"zero-sized image: shape {raw.shape}")
+    check_pixel_type(path, dtype)
     data = _to_cyx(path, raw, shape, axes)
     if alpha and "S" in axes:  # the channel axis is the samples axis
         data = np.delete(data, alpha, axis=0)
     if channel is not None:
-        data = _select_channel(path, data, channel)
-    _check_finite(path, data)
+        data = select_channel(path, data, channel)
+    check_pixels(path, data)
     return Image(path, data, axes, pixel_size)
 
 
@@ -204,6 +209,31 @@ def atomic_path(path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def temp_target(path) -> Path | None:
+    """The output a temporary file of `atomic_path` (or a file named after one, like block
+    mode's `<temp>.uint32.tif`) was to become, or None for any other file. A killed run
+    leaves such files behind; the next run removes those of its own outputs."""
+    found = _TEMP_NAME.fullmatch(Path(path).name)
+    return None if found is None else Path(path).with_name(found["stem"] + (found["suffix"] or ""))
+
+
+def make_folder(path) -> None:
+    """Create the output folder `path` (and its parents); InputError naming it when it is a
+    file, lies under one or cannot be created or written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as err:
+        raise InputError(path, "is a file, not a folder") from err
+    except NotADirectoryError as err:
+        under = next((p for p in path.parents if p.is_file()), path.parent)
+        raise InputError(path, f"lies under {under}, a file, not a folder") from err
+    except OSError as err:
+        raise InputError(path, f"cannot create the folder: {err.strerror or err}") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(path, "cannot write there: the folder is not writable")
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(path, "no such file")
@@ -221,15 +251,17 @@ def _read_pixels(path: Path, tif: tifffile.TiffFile, series) -> np.ndarray:
     return series.asarray()
 
 
-def _check_pixels(path: Path, raw: np.ndarray, dtype: np.dtype) -> None:
-    if raw.size == 0:
-        raise InputError(path, f"zero-sized image: shape {raw.shape}")
-    if dtype.kind not in "biuf":
-        raise InputError(path, f"unsupported pixel type {dtype}")
+def check_pixel_type(path, dtype) -> None:
+    """InputError naming `path` unless `dtype` is numeric: bool, integer or float."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise InputError(path, f"unsupported pixel type {np.dtype(dtype)}")
 
 
-def _check_finite(path: Path, data: np.ndarray, rows: int = 1024) -> None:
-    """Raise if float data hold NaN or inf (checked in row blocks to bound memory)."""
+def check_pixels(path, data: np.ndarray, rows: int = 1024) -> None:
+    """InputError naming `path` unless `data` (C, Y, X) are numbers and all finite: the one
+    pixel check of every way in (whole images here, regions in block mode). Float data are
+    checked in row blocks to bound memory."""
+    check_pixel_type(path, data.dtype)
     if data.dtype.kind != "f":
         return
     for start in range(0, data.shape[1], rows):
@@ -265,7 +297,7 @@ def _channel_axis(shape: tuple, axes: str) -> int | None:
     return None
 
 
-def _alpha_samples(page) -> list[int]:
+def alpha_samples(page) -> list[int]:
     """Indices of `page`'s alpha samples: extra samples marked alpha (RGBA, grey + alpha),
     or the 4th sample of RGB whose extra sample is unspecified."""
     samples, extras = page.samplesperpixel, [int(e) for e in page.extrasamples or ()]
@@ -276,7 +308,9 @@ def _alpha_samples(page) -> list[int]:
     return alpha
 
 
-def _select_channel(path: Path, data: np.ndarray, channel: int) -> np.ndarray:
+def select_channel(path, data: np.ndarray, channel: int) -> np.ndarray:
+    """Channel `channel` (0-based) of (C, Y, X) `data`, as (1, Y, X); InputError naming
+    `path` when it is out of range."""
     n = data.shape[0]
     if not 0 <= channel < n:
         raise InputError(path, f"channel {channel} out of range: the image has {n} "

@@ -6,8 +6,10 @@ import tifffile
 
 from cellvit_cli.bigtiff import TiffRegionReader, retype_tiled, write_tiled
 from cellvit_cli.inference import blocks as blocks_module
-from cellvit_cli.inference.blocks import (ArrayRegions, Block, RegionSource, halo_for, keep_owned,
-                                          plan_blocks, segment_blocks)
+from cellvit_cli.inference.blocks import (ArrayRegions, Block, CheckedRegions, RegionSource,
+                                          check_zoom, halo_for, keep_owned, plan_blocks,
+                                          segment_blocks)
+from cellvit_cli.io import InputError, read_image
 from cellvit_cli.inference.predictor import Predictor
 from cellvit_cli.metrics import label_overlap, match
 from cellvit_cli.postprocess import decode
@@ -167,6 +169,58 @@ def test_region_reader_refuses_stacks(tmp_path):
     tifffile.imwrite(path, np.zeros((5, 64, 64), np.uint8), imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(ValueError):
         TiffRegionReader(path)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1)])
+def test_region_reader_reads_images_one_pixel_wide(tmp_path, shape):
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    tifffile.imwrite(tmp_path / "thin.tif", data)
+    with TiffRegionReader(tmp_path / "thin.tif") as reader:
+        assert reader.shape == (1, *shape)
+        np.testing.assert_array_equal(reader.read(slice(0, shape[0]), slice(0, shape[1]))[0],
+                                      data)
+
+
+def test_region_reader_drops_alpha_like_read_image(tmp_path):
+    rgba = np.random.default_rng(3).integers(0, 255, (70, 90, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgba, -1, 0), photometric="rgb",
+                     planarconfig="separate", tile=(32, 32))
+    for name in ("rgba.tif", "planar.tif"):
+        whole = read_image(tmp_path / name).data
+        with TiffRegionReader(tmp_path / name) as reader:
+            assert reader.shape == whole.shape == (3, 70, 90)
+            np.testing.assert_array_equal(reader.read(slice(5, 60), slice(0, 90)),
+                                          whole[:, 5:60], err_msg=name)
+
+
+def test_checked_regions_refuse_what_read_image_refuses(tmp_path):
+    data = np.ones((3, 80, 60), np.float32)
+    data[1, 70:, :] = np.nan  # NaN in channel 1 only
+    tifffile.imwrite(tmp_path / "nan.tif", data, photometric="minisblack", planarconfig="separate")
+    path = tmp_path / "nan.tif"
+    for channel in (None, 1):
+        with pytest.raises(InputError, match="NaN") as info:
+            RegionSource(CheckedRegions(TiffRegionReader(path), path, channel), 1)
+        assert str(info.value).startswith(f"{path}: ")
+        with pytest.raises(InputError, match="NaN"):
+            read_image(path, channel)
+    checked = CheckedRegions(TiffRegionReader(path), path, channel=2)  # channel 2 is finite
+    assert checked.shape == (1, 80, 60) and RegionSource(checked, 1).read(
+        (slice(0, 80), slice(0, 60))).shape == (1, 80, 60)
+    with pytest.raises(InputError, match="channel 3 out of range"):
+        CheckedRegions(TiffRegionReader(path), path, channel=3)
+    tifffile.imwrite(tmp_path / "complex.tif", np.zeros((16, 16), np.complex64))
+    with pytest.raises(InputError, match="unsupported pixel type complex64"):
+        CheckedRegions(TiffRegionReader(tmp_path / "complex.tif"), tmp_path / "complex.tif")
+
+
+def test_check_zoom_names_the_file_and_the_options():
+    check_zoom("a.tif", (40, 40), 0.02)  # 1 x 1 px is small, not empty
+    with pytest.raises(InputError, match="shrinks the image .20 x 40 px. to 0 x 1 px") as info:
+        check_zoom("a.tif", (20, 40), 0.02)
+    assert str(info.value).startswith("a.tif: ") and "--diameter" in str(info.value)
+    assert "--scale" in str(info.value)
 
 
 def test_tiled_writer_streams_and_retypes(tmp_path):

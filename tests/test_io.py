@@ -1,11 +1,13 @@
 import hashlib
+import os
 import warnings
 
 import numpy as np
 import pytest
 import tifffile
 
-from cellvit_cli.io import InputError, atomic_path, read_image, read_labels, write_labels
+from cellvit_cli.io import (InputError, atomic_path, check_pixels, make_folder, read_image,
+                            read_labels, temp_target, write_labels)
 
 DTYPES = [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64]
 
@@ -155,6 +157,49 @@ def test_atomic_path(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("writer failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_temp_target_inverts_atomic_path_names(tmp_path):
+    for name in ("a_labels.tif", "a.geojson", "x.ome_rois.zip", "no_suffix"):
+        with atomic_path(tmp_path / name) as tmp:
+            assert temp_target(tmp) == tmp_path / name
+            tmp.write_text("done")
+    wide = ".a_labels.tmp-0123abcd.tif.uint32.tif"  # block mode's first pass
+    assert temp_target(tmp_path / wide) == tmp_path / "a_labels.tif"
+    for name in ("a_labels.tif", "._a.tif", ".a.tmp-xyz.tif", ".hidden.tif"):
+        assert temp_target(tmp_path / name) is None
+
+
+def test_make_folder(tmp_path):
+    make_folder(tmp_path / "new" / "deeper")
+    assert (tmp_path / "new" / "deeper").is_dir()
+    make_folder(tmp_path / "new")  # existing: fine
+    (tmp_path / "notes.txt").write_text("a file")
+    for path, problem in [(tmp_path / "notes.txt", "is a file"),
+                          (tmp_path / "notes.txt" / "out" / "sub", "lies under")]:
+        with pytest.raises(InputError, match=problem) as info:
+            make_folder(path)
+        assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+        assert str(tmp_path / "notes.txt") in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_make_folder_read_only_parent(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir(mode=0o555)
+    with pytest.raises(InputError, match="cannot create the folder"):
+        make_folder(parent / "out")
+
+
+def test_check_pixels():
+    for dtype in (bool, np.uint8, np.int32, np.float32):
+        check_pixels("a.tif", np.ones((1, 3, 3), dtype))
+    data = np.ones((2, 2100, 4), np.float32)
+    data[1, 2099, 3] = -np.inf  # in the last row block of the last channel
+    with pytest.raises(InputError, match="a.tif: image contains NaN or infinite"):
+        check_pixels("a.tif", data)
+    with pytest.raises(InputError, match="a.tif: unsupported pixel type complex64"):
+        check_pixels("a.tif", np.ones((1, 3, 3), np.complex64))
 
 
 def _write_bad(tmp_path, case: str):

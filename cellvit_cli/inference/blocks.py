@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from cellvit_cli.bigtiff import TILE, TiffRegionReader, UnsupportedLayout, retype_tiled, write_tiled
 from cellvit_cli.inference.tiling import Slices
-from cellvit_cli.io import LABEL_METADATA_KEY, InputError, atomic_path, read_image
+from cellvit_cli.io import (LABEL_METADATA_KEY, InputError, atomic_path, check_pixel_type,
+                            check_pixels, read_image, select_channel, tiff_pixel_size)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ class Block:
         """The core in the coordinates of the outer region."""
         return tuple(slice(c.start - o.start, c.stop - o.start)
                      for c, o in zip(self.core, self.outer))
+
+
+def check_zoom(path, shape: tuple[int, int], zoom: float) -> None:
+    """InputError naming `path` and the options to change when `zoom` shrinks an image of
+    `shape` (Y, X) to nothing."""
+    zoomed = [round(n * zoom) for n in shape]
+    if min(zoomed) < 1:
+        raise InputError(path, f"zoom {zoom:.3g} shrinks the image ({shape[0]} x {shape[1]} px) "
+                               f"to {zoomed[0]} x {zoomed[1]} px: give a smaller --diameter or "
+                               "a larger --scale")
 
 
 def halo_for(median_diameter: float, scale: float = 1.0) -> int:
@@ -212,6 +223,29 @@ class ArrayRegions:
         return self.data[:, ys, xs]
 
 
+class CheckedRegions:
+    """Regions of a TIFF (a `TiffRegionReader`) checked as `io.read_image` checks a whole
+    image: numeric pixels, `channel` in range and selected, NaN/inf refused; InputError
+    naming `path`. Every pixel is read (and so checked) once by `RegionSource`."""
+
+    def __init__(self, reader, path, channel: int | None = None):
+        self.reader, self.path, self.channel = reader, path, channel
+        check_pixel_type(path, reader.dtype)
+        if channel is not None:  # the range check of read_image, on the shape alone
+            select_channel(path, np.empty((reader.shape[0], 0, 0)), channel)
+        self.shape = (1 if channel is not None else reader.shape[0], *reader.shape[1:])
+
+    def read(self, ys: slice, xs: slice) -> np.ndarray:
+        data = self.reader.read(ys, xs)
+        if self.channel is not None:
+            data = data[self.channel:self.channel + 1]
+        check_pixels(self.path, data)
+        return data
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 class RegionSource:
     """Model input for any region of a big image, the same as whole-image preprocessing
     would give it: channel selection, percentile normalisation with the percentiles of the
@@ -269,21 +303,25 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
     image when the segmenter has none. Labels are uint16 when the cells fit, else uint32,
     with the input's pixel size and `metadata(estimate)` (a JSON-able dict) in the
     description. Returns (cells, pixels, estimate). Raises InputError when the file cannot
-    be read. clock(stage) is an optional timing context manager.
+    be read or is refused as `read_image` refuses it, or the zoom shrinks it to nothing.
+    clock(stage) is an optional timing context manager.
     """
     clock = clock or (lambda stage: contextlib.nullcontext())
     settings, config = segmenter.settings, segmenter.loaded.config
     with clock("read"):
-        regions, pixel_size = _open_regions(Path(path))
+        regions, pixel_size = _open_regions(Path(path), settings.channel)
     try:
         with clock("read"):
             try:
-                source = RegionSource(regions, config.in_channels, settings.channel)
+                source = RegionSource(regions, config.in_channels)
+            except InputError:
+                raise
             except READ_ERRORS as err:  # the percentile pass reads every pixel once
                 raise InputError(path, f"cannot read TIFF: {err}") from err
         if estimate is None:
             with clock("size"):
                 estimate = segmenter.estimate(source.shape, source.read, whole_pixels=0)
+        check_zoom(path, source.shape, estimate.zoom)
         source.scale = estimate.zoom
         halo = halo_for(config.median_diameter, estimate.zoom)
         blocks = plan_blocks(source.shape, settings.block_size, halo)
@@ -306,20 +344,24 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
     return n_cells, source.shape[0] * source.shape[1], estimate
 
 
-def _open_regions(path: Path):
-    """A region reader for `path` and its pixel size; reading it whole as a fallback."""
-    from cellvit_cli.io import tiff_pixel_size
-
+def _open_regions(path: Path, channel: int | None = None):
+    """Checked regions of `path` (channel `channel` if given) and its pixel size; reading
+    it whole (`read_image`, the same checks) as a fallback."""
     try:
-        regions = TiffRegionReader(path)
+        reader = TiffRegionReader(path)
     except UnsupportedLayout as err:
         log.warning("%s; reading it whole", err)
-        image = read_image(path)
+        image = read_image(path, channel)
         return ArrayRegions(image.data), image.pixel_size
     except READ_ERRORS as err:
         raise InputError(path, f"cannot read TIFF: {err}") from err
     try:
-        pixel_size = tiff_pixel_size(regions._tif)
+        regions = CheckedRegions(reader, path, channel)
+    except InputError:
+        reader.close()
+        raise
+    try:
+        pixel_size = tiff_pixel_size(reader._tif)
     except READ_ERRORS:
         pixel_size = None
     return regions, pixel_size
