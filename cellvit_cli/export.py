@@ -258,14 +258,20 @@ def write_maps(maps: dict[str, np.ndarray], path) -> list[Path]:
 
     maps: {head: float32 (C, Y, X)}; path: e.g. OUT/img_maps.tif, giving OUT/img_maps_star.tif,
     ... (see `maps_path`). Channel names are stored as ImageJ slice labels. Returns the paths.
+    All or nothing: when one fails, those already written are removed.
     """
     written = []
-    for head, data in maps.items():
-        data = np.asarray(data, dtype=np.float32)
-        target = maps_path(path, head)
-        with atomic_path(target) as tmp:
-            _write_float_stack(tmp, data, map_channel_names(head, data.shape[0]))
-        written.append(target)
+    try:
+        for head, data in maps.items():
+            data = np.asarray(data, dtype=np.float32)
+            target = maps_path(path, head)
+            with atomic_path(target) as tmp:
+                _write_float_stack(tmp, data, map_channel_names(head, data.shape[0]))
+            written.append(target)
+    except BaseException:
+        for target in written:
+            target.unlink(missing_ok=True)
+        raise
     return written
 
 

@@ -439,3 +439,224 @@ def test_segment_rerun_redoes_a_truncated_labels_file(tmp_path, nuclei):
     result = _run("segment", inputs, "-o", out, "--model", model_dir)
     assert result.exit_code == 0 and "1 image(s) done, 0 skipped" in result.output
     np.testing.assert_array_equal(tifffile.imread(labels), complete)
+
+
+# ---- segment: one image that cannot be read, segmented or written fails alone ----
+
+@pytest.fixture(scope="module")
+def cells_model(tmp_path_factory):
+    """A ViT-nano folder whose star head sees small round cells almost everywhere (a little
+    dependent on the image), without any training."""
+    torch.manual_seed(0)
+    config = ModelConfig("vit_nano_p16", ("star",), median_diameter=12.0)
+    model = config.build()
+    last = model.heads["star"].body[-1]
+    with torch.no_grad():
+        last.weight.mul_(0.1)
+        last.bias.copy_(torch.tensor([2.0] + [0.6] * (last.bias.numel() - 1)))
+    return save_model_folder(tmp_path_factory.mktemp("model") / "cells", model, config,
+                             {"default_mode": "star"})
+
+
+@pytest.fixture
+def good_images(tmp_path, nuclei):
+    """in/good1.tif and in/good2.tif: crops of the sample (the bad file is added per test)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "good1.tif", nuclei[0][:96, :96])
+    tifffile.imwrite(folder / "good2.tif", nuclei[0][200:280, 100:212])
+    return folder
+
+
+def _segment(model, inputs, out, *extra):
+    extra = [str(a) for a in extra]
+    size = [] if "--scale" in extra else ["--diameter", "12"]
+    return _run("segment", inputs, "-o", out, "--model", model, *size, *extra)
+
+
+def _image_error_line(result, *words) -> str:
+    """The one 'error: ...' line of a run where an image failed: the others were done, the
+    summary printed, exit code 1, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "segment: " in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for word in words:
+        assert str(word) in errors[0], errors[0]
+    return errors[0]
+
+
+def _outputs(folder, stems=None) -> dict:
+    """{name: content} of the outputs of `stems` (all when None) in `folder`: file bytes, or
+    {member: bytes} of a zip (zip members carry the time they were written); no summary."""
+    import zipfile
+
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == "summary.csv" or path.name.startswith(".") or not path.is_file():
+            continue
+        if stems is not None and not any(path.name.startswith(f"{stem}_")
+                                         or path.name == f"{stem}.geojson" for stem in stems):
+            continue
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                found[path.name] = {name: zf.read(name) for name in zf.namelist()}
+        else:
+            found[path.name] = path.read_bytes()
+    return found
+
+
+def _clean_run(model, tmp_path, folder, names, *extra) -> dict:
+    """The outputs of `names` (files of `folder`) segmented alone, with the same options."""
+    clean_in, clean_out = tmp_path / "clean_in", tmp_path / "clean_out"
+    clean_in.mkdir()
+    for name in names:
+        (clean_in / name).write_bytes((folder / name).read_bytes())
+    result = _segment(model, clean_in, clean_out, *extra)
+    assert result.exit_code == 0, result.output
+    return _outputs(clean_out)
+
+
+def _no_temp_files(*folders) -> bool:
+    return not [p for folder in folders for p in folder.rglob("*") if ".tmp-" in p.name]
+
+
+_CLEAN_RUNS: dict[tuple, dict] = {}  # options -> outputs of the good images run alone
+
+
+def _check_good_outputs(model, tmp_path, folder, out, *extra) -> None:
+    """The good files of the run: complete and identical to a clean run (made once per set
+    of options: the good images are the same in every test); no temp file."""
+    key = (str(model), *map(str, extra))
+    if key not in _CLEAN_RUNS:
+        _CLEAN_RUNS[key] = _clean_run(model, tmp_path, folder, ["good1.tif", "good2.tif"], *extra)
+        assert _no_temp_files(tmp_path / "clean_out")
+    clean = _CLEAN_RUNS[key]
+    assert {"good1_labels.tif", "good2_labels.tif"} <= set(clean)
+    assert _outputs(out, ["good1", "good2"]) == clean
+    assert _no_temp_files(folder, out)
+
+
+BAD_PIXELS = {"nan_border": "image contains NaN or infinite pixels",
+              "inf": "image contains NaN or infinite pixels",
+              "complex": "unsupported pixel type complex64"}
+
+
+def _bad_pixels(case: str, image: np.ndarray) -> np.ndarray:
+    if case == "complex":
+        return image.astype(np.complex64)
+    data = image.astype(np.float32)
+    if case == "nan_border":
+        data[:4], data[-4:], data[:, :4], data[:, -4:] = np.nan, np.nan, np.nan, np.nan
+    else:
+        data[50, 60] = np.inf
+    return data
+
+
+@pytest.mark.parametrize("block_mode", ["on", "off"])
+@pytest.mark.parametrize("case", sorted(BAD_PIXELS))
+def test_segment_refuses_bad_pixels_in_block_mode_as_in_whole_images(
+        cells_model, good_images, tmp_path, nuclei, case, block_mode):
+    bad = good_images / "bad.tif"
+    tifffile.imwrite(bad, _bad_pixels(case, nuclei[0][:128, :128]))
+    out = tmp_path / "out"
+    result = _segment(cells_model, good_images, out, "--block-mode", block_mode)
+    line = _image_error_line(result)
+    assert line == f"error: {bad}: {BAD_PIXELS[case]}"  # the same line in both modes
+    assert not list(out.glob("bad*"))
+    _check_good_outputs(cells_model, tmp_path, good_images, out, "--block-mode", block_mode)
+
+
+def test_segment_one_pixel_images_in_block_mode(cells_model, good_images, tmp_path, nuclei):
+    tifffile.imwrite(good_images / "dot.tif", nuclei[0][:1, :1])
+    tifffile.imwrite(good_images / "row.tif", nuclei[0][:1, :40])
+    out = tmp_path / "out"
+    result = _segment(cells_model, good_images, out, "--block-mode", "on")
+    assert result.exit_code == 0 and "4 image(s) done" in result.output, result.output
+    assert tifffile.imread(out / "dot_labels.tif").shape == (1, 1)
+    assert tifffile.imread(out / "row_labels.tif").shape == (1, 40)
+    _check_good_outputs(cells_model, tmp_path, good_images, out, "--block-mode", "on")
+
+
+@pytest.mark.parametrize("block_mode", ["on", "off"])
+def test_segment_zoom_to_nothing_fails_that_image_only(cells_model, good_images, tmp_path,
+                                                       nuclei, monkeypatch, block_mode):
+    """Zooms are clamped so an image keeps some pixels; without the clamp (patched away) an
+    image that the zoom shrinks to nothing fails alone, naming the file and the options."""
+    from cellvit_cli.inference import segmenter
+
+    monkeypatch.setattr(segmenter, "clamp_zoom", lambda zoom, shape: zoom)
+    tifffile.imwrite(good_images / "small.tif", nuclei[0][:8, :8])
+    out = tmp_path / "out"
+    args = ("--scale", "0.05", "--block-mode", block_mode)
+    result = _segment(cells_model, good_images, out, *args)
+    _image_error_line(result, good_images / "small.tif", "zoom 0.05 shrinks the image (8 x 8 px)",
+                      "--diameter", "--scale")
+    _check_good_outputs(cells_model, tmp_path, good_images, out, *args)
+
+
+@pytest.mark.parametrize("block_mode", ["on", "off"])
+def test_segment_value_error_while_decoding_fails_that_image_only(
+        cells_model, good_images, tmp_path, nuclei, monkeypatch, block_mode):
+    from cellvit_cli.inference.segmenter import Segmenter
+
+    decode = Segmenter.decode
+
+    def fragile_decode(self, maps, shape):
+        if tuple(shape) == (72, 88):
+            raise ValueError("maps the decoder cannot use")
+        return decode(self, maps, shape)
+
+    monkeypatch.setattr(Segmenter, "decode", fragile_decode)
+    tifffile.imwrite(good_images / "odd.tif", nuclei[0][:72, :88])
+    out = tmp_path / "out"
+    result = _segment(cells_model, good_images, out, "--block-mode", block_mode)
+    _image_error_line(result, good_images / "odd.tif", "cannot segment the image",
+                      "maps the decoder cannot use")
+    assert not list(out.glob("odd*"))
+    _check_good_outputs(cells_model, tmp_path, good_images, out, "--block-mode", block_mode)
+
+
+@pytest.mark.parametrize("block_mode", ["on", "off"])
+def test_segment_failed_write_leaves_no_partial_outputs(cells_model, good_images, tmp_path,
+                                                        nuclei, block_mode):
+    """The labels (written last) of one image cannot be written: the exports of that image
+    written before them are removed, the other images are done."""
+    tifffile.imwrite(good_images / "stuck.tif", nuclei[0][300:380, 300:380])
+    out = tmp_path / "out"
+    (out / "stuck_labels.tif").mkdir(parents=True)  # in the way of the labels
+    exports = ("--roi", "--geojson", "--measure", "--save-maps", "--block-mode", block_mode)
+    result = _segment(cells_model, good_images, out, *exports)
+    _image_error_line(result, f"error: {out / 'stuck_labels.tif'}: cannot write the outputs "
+                              "of stuck.tif: Is a directory")
+    assert [p.name for p in out.glob("stuck*")] == ["stuck_labels.tif"]  # the folder only
+    _check_good_outputs(cells_model, tmp_path, good_images, out, *exports)
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "unwritable"])
+def test_segment_output_folder_that_cannot_be_made(cells_model, good_images, tmp_path, case):
+    (tmp_path / "notes.txt").write_text("a file")
+    out = {"file": tmp_path / "notes.txt", "under_file": tmp_path / "notes.txt" / "out",
+           "unwritable": _unwritable_parent(tmp_path) / "cellvit_out"}[case]
+    problem = {"file": "is a file", "under_file": "lies under",
+               "unwritable": "cannot create the folder"}[case]
+    _error_line(_segment(cells_model, good_images, out), out, problem)
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
+def test_segment_removes_temp_files_a_killed_run_left(cells_model, good_images, tmp_path):
+    """An in-place run (output folder = input folder) after a kill: the hidden temp files
+    of its outputs are neither read as inputs nor left behind; other hidden files stay."""
+    stale = [".good1_labels.tmp-0123abcd.tif", ".good1_labels.tmp-89abcdef.tif.uint32.tif",
+             ".good1.tmp-00ff00ff.geojson", ".good2_maps_star.tmp-12345678.tif"]
+    for name in stale:
+        (good_images / name).write_bytes(b"II*\x00half written")
+    (good_images / ".notes.tmp-12345678.txt").write_text("not ours")
+    exports = ("--geojson", "--save-maps")
+    clean = _clean_run(cells_model, tmp_path, good_images, ["good1.tif", "good2.tif"], *exports)
+    result = _segment(cells_model, good_images, good_images, *exports)
+    assert result.exit_code == 0 and "2 image(s) done, 0 skipped, 0 failed" in result.output
+    assert _outputs(good_images, ["good1", "good2"]) == clean
+    hidden = sorted(p.name for p in good_images.glob(".*"))
+    assert hidden == [".notes.tmp-12345678.txt"]

@@ -107,6 +107,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     """
     from cellvit_cli.inference.device import resolve_device
     from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths
+    from cellvit_cli.io import InputError
     from cellvit_cli.modeling import ModelFolderError
 
     if diameter != "auto" and scale is not None:
@@ -127,7 +128,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     handler = _setup_logging()
     try:
         report = segment_paths(inputs, out_dir, settings)
-    except ModelFolderError as err:
+    except (ModelFolderError, InputError) as err:  # a damaged model, an unusable -o folder
         raise click.ClickException(str(err))
     except ValueError as err:  # no inputs, clashing outputs, a mode the model cannot decode
         raise click.UsageError(str(err))

@@ -22,13 +22,13 @@ import tifffile
 from tqdm.auto import tqdm
 
 from cellvit_cli import export
-from cellvit_cli.inference.blocks import READ_ERRORS, segment_file_blocks
+from cellvit_cli.inference.blocks import READ_ERRORS, check_zoom, segment_file_blocks
 from cellvit_cli.inference.inputs import Job, find_inputs, plan_jobs
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
                                              segment_array, segment_array_with_size)
 from cellvit_cli.inference.sizing import SizeEstimate
 from cellvit_cli.inference.summary import ImageRecord, write_summary
-from cellvit_cli.io import InputError, read_image, write_labels
+from cellvit_cli.io import InputError, make_folder, read_image, temp_target, write_labels
 from cellvit_cli.preprocess import rescale, resize_labels
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,16 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     """Segment TIFF files, folders or globs into `out_dir`; see `SegmentSettings`.
 
     Writes OUT/<stem>_labels.tif per image (and the exports asked for) and OUT/summary.csv;
-    images whose outputs all exist are skipped unless `settings.overwrite`. A file that
-    cannot be read is logged (one line naming it) and listed in the report's `failed`;
-    the others are still done.
+    images whose outputs all exist are skipped unless `settings.overwrite`. An image that
+    cannot be read, segmented or written is logged (one line naming it) and listed in the
+    report's `failed`, with none of its outputs of this run left behind; the others are
+    still done. Raises InputError naming `out_dir` when it cannot be a writable folder.
     """
     settings = settings or SegmentSettings()
     start = time.perf_counter()
     out_dir = Path(out_dir)
     jobs = plan_jobs(find_inputs(inputs, settings.recursive, settings.pattern, out_dir), out_dir)
-    for job in jobs:
-        job.outputs["labels"].parent.mkdir(parents=True, exist_ok=True)
+    _prepare_folders(out_dir, jobs)
     report = SegmentReport()
     segmenter = model if isinstance(model, Segmenter) else None
     if segmenter is None and settings.save_maps:  # which maps files to expect
@@ -115,6 +115,28 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     return report
 
 
+def _prepare_folders(out_dir: Path, jobs: list[Job]) -> None:
+    """Create the output folders (InputError naming one that cannot be) and remove what a
+    killed run left of these outputs: `io.atomic_path` temporary files. (A run writing the
+    same outputs at the same time would lose its own: that would be a clash anyway.)"""
+    planned = {path for job in jobs for path in job.outputs.values()}
+    make_folder(out_dir)
+    for folder in sorted({path.parent for path in planned}):
+        make_folder(folder)
+        for path in folder.glob(".*.tmp-*"):
+            if _is_planned(temp_target(path), planned):
+                path.unlink(missing_ok=True)
+
+
+def _is_planned(target: Path | None, planned: set[Path]) -> bool:
+    """Whether `target` is a planned output, or a head's file of a planned maps output."""
+    if target is None:
+        return False
+    stem, _, head = target.stem.rpartition("_maps_")
+    return target in planned or bool(stem and head
+                                     and target.with_name(f"{stem}_maps.tif") in planned)
+
+
 def _record(job: Job, out_dir: Path, status: str, **figures) -> ImageRecord:
     labels = job.outputs["labels"]
     name = labels.relative_to(out_dir) if labels.is_relative_to(out_dir) else labels
@@ -134,6 +156,21 @@ def _fail(report: SegmentReport, err: Exception, records: dict | None = None,
     log.error("%s", err)
     if records is not None and job is not None:
         records[job.path].status, records[job.path].note = "failed", str(err)
+
+
+def _image_error(job: Job, err: Exception) -> InputError:
+    """One line naming the file at fault: the output that could not be written (not its
+    temporary name), else the input that could not be read or segmented."""
+    if isinstance(err, InputError):
+        return err
+    if isinstance(err, OSError):
+        name = err.filename2 or err.filename
+        if name is not None and Path(name) == job.path:
+            return InputError(job.path, f"cannot read: {err.strerror or err}")
+        output = (temp_target(name) or Path(name)) if name else job.outputs["labels"]
+        return InputError(output, f"cannot write the outputs of {job.path.name}: "
+                                  f"{err.strerror or err}")
+    return InputError(job.path, f"cannot segment the image: {err}")
 
 
 def _done(job: Job, estimate: SizeEstimate, cells: int, seconds: float, segmenter: Segmenter,
@@ -211,6 +248,7 @@ def _load(job: Job, segmenter: Segmenter, clock: _Clock) -> tuple[_Read, np.ndar
             estimate = segmenter.estimate_array(x)
         except ValueError as err:
             raise InputError(job.path, f"cannot estimate the object size: {err}") from err
+    check_zoom(job.path, image.data.shape[1:], estimate.zoom)
     keep = settings.overlay or settings.measure
     read = _Read(job, image.data.shape[1:], image.pixel_size, image.data if keep else None,
                  estimate, started, estimate.result)
@@ -297,30 +335,41 @@ def _finish(read: _Read, maps: dict, labels: np.ndarray | None, segmenter: Segme
             labels = segmenter.decode(maps, read.shape)
         else:
             labels = resize_labels(labels, read.shape)
-    settings, outputs = segmenter.settings, read.job.outputs
     with clock("write"):
-        if settings.roi:
-            export.write_roi_zip(labels, outputs["rois"])
-        if settings.geojson:
-            export.write_geojson(labels, outputs["geojson"], read.pixel_size)
-        if settings.overlay:
-            export.write_overlay(read.data, labels, outputs["overlay"])
-        if settings.measure:
-            export.write_measurements(labels, read.data, outputs["measurements"], read.pixel_size)
-        if settings.save_maps:
-            export.write_maps(maps, outputs["maps"])
-        write_labels(outputs["labels"], labels, read.pixel_size,  # last: marks the image done
-                     _label_metadata(read.estimate, segmenter))
+        _write_outputs(read, maps, labels, segmenter)
     return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+
+
+def _write_outputs(read: _Read, maps: dict, labels: np.ndarray, segmenter: Segmenter) -> None:
+    """Write the exports asked for, then the labels (last: they mark the image done). When
+    one fails, the outputs this call wrote are removed, so no partial set stays."""
+    outputs, size = read.job.outputs, read.pixel_size
+    writers = {  # each returns the paths it wrote, or None for just its own
+        "rois": lambda path: export.write_roi_zip(labels, path),
+        "geojson": lambda path: export.write_geojson(labels, path, size),
+        "overlay": lambda path: export.write_overlay(read.data, labels, path),
+        "measurements": lambda path: export.write_measurements(labels, read.data, path, size),
+        "maps": lambda path: export.write_maps(maps, path),
+    }
+    written: list[Path] = []
+    try:
+        for name, on in segmenter.settings.exports.items():
+            if on:
+                made = writers[name](outputs[name])
+                written += [outputs[name]] if made is None else made
+        write_labels(outputs["labels"], labels, size, _label_metadata(read.estimate, segmenter))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _collect(read: _Read, pixels: int, future: Future, segmenter: Segmenter,
              report: SegmentReport, bar, records: dict) -> None:
     try:
         cells = future.result()
-    except OSError as err:
-        _fail(report, InputError(read.job.outputs["labels"], f"cannot write: {err}"), records,
-              read.job)
+    except (OSError, ValueError) as err:  # this image only: the run goes on
+        _fail(report, _image_error(read.job, err), records, read.job)
     else:
         report.cells += cells
         report.done += 1
@@ -342,8 +391,8 @@ def _run_blocks(job: Job, segmenter: Segmenter, report: SegmentReport, clock: _C
         cells, pixels, estimate = segment_file_blocks(
             job.path, job.outputs["labels"], segmenter, clock, estimate,
             lambda e: _label_metadata(e, segmenter))
-    except InputError as err:
-        _fail(report, err, records, job)
+    except (OSError, ValueError) as err:  # InputError included; this image only
+        _fail(report, _image_error(job, err), records, job)
         return
     report.cells += cells
     report.pixels += pixels
