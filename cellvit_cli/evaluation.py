@@ -8,27 +8,18 @@ import csv
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__, metrics
-from .io import InputError, atomic_path, list_tiffs, read_labels
+from .io import InputError, atomic_path, read_labels
+from .pairing import (GROUND_TRUTH, PREDICTIONS, Pairing, guess_suffixes, list_files, pair_folders,
+                      shown)
 
-AUTO_GT_SUFFIXES = ("_masks", "_labels", "")
 HEADLINE_THRESHS = {"ap_50": ("ap", 0.5), "ap_75": ("ap", 0.75), "f1_50": ("f1", 0.5),
                     "pq_50": ("pq", 0.5)}
-
-
-@dataclass
-class Pairing:
-    """Prediction/ground-truth files paired by name; `pairs` holds (name, pred, gt)."""
-
-    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)
-    unmatched_pred: list[Path] = field(default_factory=list)
-    unmatched_gt: list[Path] = field(default_factory=list)
-    gt_suffix: str = ""
 
 
 @dataclass
@@ -69,37 +60,39 @@ def _threshold_range(text: str, start: float, step: float, stop: float) -> list[
     return [round(start + i * step, 6) for i in range(count)]
 
 
-def _by_key(files: Sequence[Path], suffix: str) -> dict[str, Path]:
-    """{name without `suffix`: file} for the files whose stem ends with `suffix`."""
-    keyed = {}
-    for path in files:
-        if path.stem.endswith(suffix):
-            key = path.stem[: len(path.stem) - len(suffix)]
-            if key in keyed:
-                raise InputError(path, f"same name as {keyed[key].name} after removing "
-                                       f"suffix '{suffix}'")
-            if key:
-                keyed[key] = path
-    return keyed
-
-
-def pair_files(pred_dir, gt_dir, pred_suffix: str = "_labels",
+def pair_files(pred_dir, gt_dir, pred_suffix: str | None = None,
                gt_suffix: str | None = None) -> Pairing:
-    """Pair the TIFFs of two folders by name once suffixes are removed.
+    """Pair predicted and ground-truth label files by name (`cellvit_cli.pairing`).
 
-    Predictions are the TIFFs whose stem ends with `pred_suffix` (other files are ignored);
-    `gt_suffix` None tries '_masks', '_labels' and '' and keeps the one pairing most files.
+    A suffix None is found from the names: predictions end in _labels, _cp_masks, _masks,
+    _seg.npy or nothing; ground truth in _masks, _mask, _labels, _seg.npy or nothing.
+    Files named otherwise are ignored. PairingError (a ValueError) on ambiguous names.
     """
-    preds = _by_key(list_tiffs(pred_dir), pred_suffix)
-    gt_files = list_tiffs(gt_dir)
-    candidates = AUTO_GT_SUFFIXES if gt_suffix is None else (gt_suffix,)
-    best = max(candidates, key=lambda s: len(preds.keys() & _by_key(gt_files, s).keys()))
-    gts = _by_key(gt_files, best)
-    names = sorted(preds.keys() & gts.keys())
-    return Pairing(pairs=[(name, preds[name], gts[name]) for name in names],
-                   unmatched_pred=[preds[k] for k in sorted(preds.keys() - gts.keys())],
-                   unmatched_gt=[gts[k] for k in sorted(gts.keys() - preds.keys())],
-                   gt_suffix=best)
+    return pair_folders(pred_dir, gt_dir, PREDICTIONS.fixed(pred_suffix),
+                        GROUND_TRUTH.fixed(gt_suffix))
+
+
+def no_pairs_message(pred_dir, gt_dir, pred_suffix: str | None = None,
+                     gt_suffix: str | None = None, limit: int = 3) -> str:
+    """Why nothing paired: some names seen in each folder, the suffixes tried, and the
+    flags to use (with suffixes that would pair them, when cutting names finds some)."""
+    pred_naming, gt_naming = PREDICTIONS.fixed(pred_suffix), GROUND_TRUTH.fixed(gt_suffix)
+    seen = {}
+    for folder, naming in ((pred_dir, pred_naming), (gt_dir, gt_naming)):
+        files = list_files(folder, naming.extensions)
+        names = ", ".join(p.name for p in files[:limit]) + (
+            f" (+{len(files) - limit} more)" if len(files) > limit else "")
+        seen[folder] = (files, names or "no label images (TIFF, PNG or _seg.npy)")
+    text = (f"no pairs: no prediction in {pred_dir} has a ground truth in {gt_dir}. "
+            f"Seen: {pred_dir}: {seen[pred_dir][1]}; {gt_dir}: {seen[gt_dir][1]}. "
+            f"Names must match once a suffix is removed (predictions: "
+            f"{pred_naming.describe()}; ground truth: {gt_naming.describe()})")
+    guess = guess_suffixes(seen[pred_dir][0], seen[gt_dir][0])
+    if guess:
+        pred_guess, gt_guess, count = guess
+        return text + (f"; --pred-suffix '{pred_guess}' --gt-suffix '{gt_guess}' would pair "
+                       f"{count} file(s)")
+    return text + "; name the suffixes with --pred-suffix and --gt-suffix ('' for none)"
 
 
 def _load_pairs(pairing: Pairing, binary_gt: bool
@@ -158,7 +151,8 @@ def summary(evaluation: Evaluation, settings: dict) -> dict:
     result, pairing = evaluation.result, evaluation.pairing
     return {
         "cellvit_version": __version__,
-        "settings": settings | {"gt_suffix_used": pairing.gt_suffix},
+        "settings": settings | {"pred_suffix_used": shown(pairing.suffixes[0]),
+                                "gt_suffix_used": shown(pairing.suffixes[1])},
         "n_images": len(pairing.pairs),
         "n_true": sum(c[0].n_true for c in result.counts),
         "n_pred": sum(c[0].n_pred for c in result.counts),
@@ -166,8 +160,8 @@ def summary(evaluation: Evaluation, settings: dict) -> dict:
         "headline": headline(evaluation),
         "pooled": metrics.pooled_scores(result),
         "averaged": metrics.averaged_scores(result),
-        "unmatched": {"pred": [str(p) for p in pairing.unmatched_pred],
-                      "gt": [str(p) for p in pairing.unmatched_gt]},
+        "unmatched": {"pred": [str(p) for p in pairing.unpaired],
+                      "gt": [str(p) for p in pairing.unpaired_partners]},
     }
 
 

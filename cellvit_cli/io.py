@@ -7,6 +7,7 @@ naming the file. Input files are only ever opened for reading.
 import contextlib
 import json
 import os
+import pickle
 import re
 import secrets
 import xml.etree.ElementTree as ElementTree
@@ -21,6 +22,9 @@ from scipy import ndimage as ndi
 # What reading a damaged file raises: tifffile's own error (a ValueError), short reads
 # (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
 TIFF_SUFFIXES = (".tif", ".tiff")
+PNG_SUFFIXES, JPEG_SUFFIXES = (".png",), (".jpg", ".jpeg")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + JPEG_SUFFIXES  # what read_image reads
+LABEL_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + (".npy",)  # read_labels; .npy: Cellpose _seg
 LABEL_METADATA_KEY = "cellvit"  # where write_labels keeps its metadata in the description
 _READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
 _UNIT_TO_UM = {
@@ -64,22 +68,18 @@ class Image:
     pixel_size: tuple[float, float] | None
 
 
-def list_tiffs(folder: Path) -> list[Path]:
-    """The TIFF files of `folder` (not sub-folders), sorted; hidden files (e.g. macOS `._x.tif`)
-    are skipped."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith("."))
-
-
 def read_image(path, channel: int | None = None) -> Image:
     """Read a 2D TIFF, grey or multi-channel, as (C, Y, X); `channel` keeps one (0-based).
 
-    Alpha samples (RGBA, grey + alpha) are dropped. Raises InputError for a missing,
-    non-TIFF, corrupt or empty file, NaN/inf pixels, non-numeric data, 3D stacks and time
-    series, and an out-of-range `channel`.
+    PNG and JPEG files (found by their content, not their name) are read too, without a
+    pixel size. Alpha samples (RGBA, grey + alpha) are dropped. Raises InputError for a
+    missing, unreadable, corrupt or empty file, NaN/inf pixels, non-numeric data, 3D stacks
+    and time series, and an out-of-range `channel`.
     """
     path = Path(path)
     _check_file(path)
+    if _file_format(path) != "tiff":
+        return _read_png_jpeg(path, channel)
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
@@ -108,15 +108,17 @@ def read_image(path, channel: int | None = None) -> Image:
 def read_labels(path, label_binary: bool = False) -> np.ndarray:
     """Read an instance label image: (Y, X) int32, or uint32 if values exceed int32.
 
+    TIFF or PNG (a palette PNG gives its indices), or Cellpose's `_seg.npy` (its "masks");
+    JPEG is refused (lossy compression changes labels at object borders).
+
     Raises InputError unless the file holds one channel of non-negative integers, and
     BinaryMaskError for a binary mask (see `looks_binary`) unless `label_binary`, which
     gives each of its 8-connected objects its own label.
     """
-    image = read_image(path)
-    data = image.data
+    data, axes = _label_pixels(Path(path))
     if data.shape[0] != 1:
         raise InputError(path, f"a label image needs one channel, got shape {data.shape} "
-                               f"(C, Y, X) from axes '{image.axes}'")
+                               f"(C, Y, X) from axes '{axes}'")
     if not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
         raise InputError(path, f"labels must be integers, got {data.dtype}")
     labels = np.asarray(data[0], dtype=np.uint8) if data.dtype == bool else data[0]
@@ -143,6 +145,124 @@ def looks_binary(labels: np.ndarray) -> int:
         return 0
     n_objects = ndi.label(labels > 0, structure=np.ones((3, 3)))[1]
     return n_objects if n_objects > 1 else 0
+
+
+# ---- PNG, JPEG and Cellpose's _seg.npy (read side) ----------------------------------------
+
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+_PNG_PALETTE = 3  # PNG IHDR colour type of indexed (palette) images
+
+
+def _file_format(path: Path) -> str:
+    """'png' or 'jpeg' from the file's first bytes, else 'tiff' (tifffile then says what
+    is wrong with a file that is none of them)."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), "tiff")
+
+
+def _read_png_jpeg(path: Path, channel: int | None) -> Image:
+    """A PNG or JPEG file as an `Image` (C, Y, X) without pixel size; alpha is dropped."""
+    import imagecodecs
+
+    kind = _file_format(path)
+    try:
+        raw = imagecodecs.imread(str(path), codec="png" if kind == "png" else "jpeg8")
+    except (ValueError, RuntimeError, OSError, EOFError) as err:
+        raise InputError(path, f"cannot read {kind.upper()}: {err}") from err
+    if raw.size == 0:
+        raise InputError(path, f"zero-sized image: shape {raw.shape}")
+    if raw.ndim == 2:
+        data, axes = raw[np.newaxis], "YX"
+    else:  # (Y, X, S): grey + alpha, RGB or RGBA
+        data, axes = np.moveaxis(raw, -1, 0), "YXS"
+        if data.shape[0] in (2, 4):
+            data = data[:-1]
+    if channel is not None:
+        data = select_channel(path, data, channel)
+    return Image(path, data, axes, None)
+
+
+def _label_pixels(path: Path) -> tuple[np.ndarray, str]:
+    """The pixels (C, Y, X) and axes of a label file of any format `read_labels` reads."""
+    _check_file(path)
+    if path.suffix.lower() == ".npy":
+        return _read_seg_npy(path)[np.newaxis], "YX"
+    if _file_format(path) == "jpeg":
+        raise InputError(path, "JPEG is lossy and changes label values at object borders: "
+                               "save label images as TIFF or PNG")
+    if _png_palette(path):
+        return _png_indices(path)[np.newaxis], "YX"
+    image = read_image(path)
+    return image.data, image.axes
+
+
+def _png_palette(path: Path) -> bool:
+    """Whether `path` is an indexed-colour PNG (whose pixels are palette indices)."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    return head.startswith(b"\x89PNG") and len(head) == 26 and head[25] == _PNG_PALETTE
+
+
+def _png_indices(path: Path) -> np.ndarray:
+    """The palette indices (Y, X) of an indexed PNG (the labels, not their colours)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as png:
+            return np.asarray(png)
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot read PNG: {err}") from err
+
+
+def _read_seg_npy(path: Path) -> np.ndarray:
+    """The "masks" (Y, X) of a Cellpose `_seg.npy` file (a pickled dict), or the array of a
+    plain .npy file. Only numpy arrays and plain Python values are unpickled: a file that
+    asks for anything else (code) is refused."""
+    from numpy.lib import format as npy
+
+    headers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            version = npy.read_magic(handle)
+            if version not in headers:
+                raise ValueError(f"unsupported .npy format version {version}")
+            dtype = headers[version](handle)[2]
+            if dtype.hasobject:
+                found = _ArraysOnlyUnpickler(handle).load()
+            else:
+                found = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, AttributeError) as err:
+        raise InputError(path, f"cannot read .npy: {err}") from err
+    if isinstance(found, np.ndarray) and found.dtype.hasobject and found.shape == ():
+        found = found.item()
+    if isinstance(found, dict):
+        if "masks" not in found:
+            raise InputError(path, f"a Cellpose _seg.npy holds 'masks'; found keys {sorted(found)}")
+        found = found["masks"]
+    masks = np.asarray(found)
+    if masks.ndim != 2 or masks.dtype.kind not in "biu":
+        raise InputError(path, f"masks must be a (Y, X) integer array, got {masks.dtype} "
+                               f"shape {masks.shape}")
+    if masks.size == 0:
+        raise InputError(path, f"zero-sized image: shape {masks.shape}")
+    return masks
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles what `np.save` writes for a dict of arrays (numpy arrays, dtypes and
+    scalars, plain Python values) and refuses every other class."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (not an array)")
+        if module == "numpy.core.multiarray":  # pickled by numpy 1, loaded by numpy 2
+            module = np.ndarray.__reduce__(np.zeros(1))[0].__module__
+        return super().find_class(module, name)
 
 
 def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None,

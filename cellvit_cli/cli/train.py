@@ -27,9 +27,14 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
-@click.option("--images", required=True, type=existing_dir, help="Folder of training TIFFs.")
+@click.option("--images", required=True, type=existing_dir,
+              help="Folder of training images (TIFF, PNG, JPEG).")
 @click.option("--masks", required=True, type=existing_dir,
-              help="Folder of instance label TIFFs, same stems (optionally _masks/_labels).")
+              help="Folder of instance label images named like their image, or with "
+                   "_masks, _mask, _labels or _seg.npy (Cellpose); may be --images itself.")
+@click.option("--mask-suffix", default=None,
+              help="Mask names end with this before the extension ('' for the image's "
+                   "name); default: found from the names.")
 @click.option("--ids-file", type=existing_file, help="Train only on these stems (one per line).")
 @click.option("--val-images", type=existing_dir, help="Validation images (default: --images).")
 @click.option("--val-masks", type=existing_dir, help="Validation masks (default: --masks).")
@@ -63,14 +68,17 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the model already in OUT (its card, scores and logs go too).")
-def train(images, masks, ids_file, val_images, val_masks, val_ids_file, val_fraction, out_dir,
-          variant, heads, in_channels, epochs, steps_per_epoch, batch_size, crop_size, lr,
-          time_budget, val_every, device, seed, cache_dir, resume, overwrite):
+def train(images, masks, mask_suffix, ids_file, val_images, val_masks, val_ids_file,
+          val_fraction, out_dir, variant, heads, in_channels, epochs, steps_per_epoch,
+          batch_size, crop_size, lr, time_budget, val_every, device, seed, cache_dir, resume,
+          overwrite):
     """Train a model on images and instance masks; write a model folder.
 
-    Crops are augmented (flips, rotations, scale, intensity); validation AP@0.5 is logged
-    every --val-every epochs and the best model kept; thresholds are tuned on the
-    validation set at the end. Interrupted runs continue with --resume; an OUT that
+    Images pair with masks by name: img1.tif with masks/img1.tif, or img1_masks.tif (also
+    in the images folder itself, as Cellpose keeps them) or img1_seg.npy. Crops are
+    augmented (flips, rotations, scale, intensity); validation AP@0.5 is logged every
+    --val-every epochs and the best model kept; thresholds are tuned on the validation set
+    at the end. Interrupted runs continue with --resume; an OUT that
     already holds a model is refused unless --overwrite.
 
     \b
@@ -83,7 +91,7 @@ def train(images, masks, ids_file, val_images, val_masks, val_ids_file, val_frac
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
     request = TrainRequest(images, masks, ids_file, val_images, val_masks, val_ids_file,
-                           val_fraction, out_dir, cache_dir)
+                           val_fraction, out_dir, cache_dir, mask_suffix)
     try:
         run_training(request, resume=resume, overwrite=overwrite, variant=variant, heads=heads,
                      in_channels=in_channels, epochs=epochs, steps_per_epoch=steps_per_epoch,

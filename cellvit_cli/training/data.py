@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cellvit_cli.io import InputError, atomic_path, list_tiffs, read_image, read_labels
+from cellvit_cli import pairing
+from cellvit_cli.io import InputError, atomic_path, read_image, read_labels
 from cellvit_cli.preprocess import prepare
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
-
-MASK_SUFFIXES = ("", "_masks", "_labels", "_mask")
 
 
 @dataclass
@@ -33,30 +32,46 @@ def read_ids(path: str | Path) -> list[str]:
     return [s.strip() for s in lines if s.strip() and not s.startswith("#")]
 
 
-def pair_files(images_dir: Path, masks_dir: Path, ids: Sequence[str] | None = None
-               ) -> list[tuple[Path, Path]]:
-    """(image, mask) path pairs by stem; a mask may end in '', _masks, _labels or _mask.
+def pair_files(images_dir: Path, masks_dir: Path, ids: Sequence[str] | None = None,
+               mask_suffix: str | None = None) -> list[tuple[Path, Path]]:
+    """(image, mask) path pairs by name, with the rules of `cellvit_cli.pairing`: a mask is
+    named like its image, or with `_masks`, `_mask`, `_labels` or `_seg.npy` (Cellpose)
+    after its name; `mask_suffix` fixes one. Images and masks may share one folder.
 
-    Raises ValueError naming every image without a mask (or id without an image).
+    Raises ValueError naming every image without a mask (or id without an image), and
+    PairingError (a ValueError) on ambiguous names.
     """
-    images = {p.stem: p for p in list_tiffs(images_dir)}
-    masks = {p.stem: p for p in list_tiffs(masks_dir)}
-    stems = list(ids) if ids is not None else sorted(images)
-    missing = [s for s in stems if s not in images]
-    if missing:
-        raise ValueError(f"{images_dir}: no image for id(s) {', '.join(missing[:5])}"
-                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    pairs, orphans = [], []
-    for stem in stems:
-        mask = next((masks[stem + s] for s in MASK_SUFFIXES if stem + s in masks), None)
-        if mask is None:
-            orphans.append(images[stem].name)
-        else:
-            pairs.append((images[stem], mask))
-    if orphans:
-        raise ValueError(f"{masks_dir}: no mask for image(s) {', '.join(orphans[:5])}"
-                         + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""))
-    return pairs
+    naming = pairing.MASKS.fixed(mask_suffix)
+    found = pairing.pair_folders(images_dir, masks_dir, pairing.IMAGES, naming, ids)
+    if found.missing_keys:
+        raise ValueError(f"{images_dir}: no image for id(s) {_some(found.missing_keys)}")
+    if found.unpaired:
+        raise ValueError(f"{masks_dir}: no mask for image(s) "
+                         f"{_some([p.name for p in found.unpaired])}"
+                         + _mask_hint(found, images_dir, masks_dir, naming))
+    return [(image, mask) for _, image, mask in found.pairs]
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 7 more'."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _mask_hint(found: pairing.Pairing, images_dir: Path, masks_dir: Path,
+               naming: pairing.Naming) -> str:
+    """Why images found no mask: the naming in use, or (when nothing paired) what was seen."""
+    if found.pairs:
+        return f" (masks are named <image name>{pairing.shown(found.suffixes[1])})"
+    if Path(images_dir).resolve() == Path(masks_dir).resolve():
+        endings = ", ".join(pairing.shown(s) for s in naming.suffixes if s) or "a suffix"
+        return (f"; in one folder masks are named <image name> + {endings} (an image is "
+                "never its own mask); choose another ending with --mask-suffix")
+    seen = pairing.list_files(masks_dir, naming.extensions)
+    text = f"; masks pair with images by name, ending in {naming.describe()}"
+    if seen:
+        text += f"; seen in {masks_dir}: {_some([p.name for p in seen], 3)}"
+    return text + "; choose another ending with --mask-suffix"
 
 
 def load_sample(image_path: Path, mask_path: Path, in_channels: int, with_flows: bool,

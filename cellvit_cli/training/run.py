@@ -34,15 +34,16 @@ class TrainRequest:
     val_fraction: float | None = None
     out_dir: Path = Path("model")
     cache_dir: Path | None = None
+    mask_suffix: str | None = None   # None: found from the names (see cellvit_cli.pairing)
 
 
 def split_pairs(request: TrainRequest, seed: int) -> tuple[list, list]:
     """Training and validation (image, mask) pairs as the request asks; ValueError when
     either set asked for is empty."""
     ids = read_ids(request.ids_file) if request.ids_file else None
-    pairs = pair_files(request.images, request.masks, ids)
+    pairs = pair_files(request.images, request.masks, ids, request.mask_suffix)
     if not pairs:
-        raise ValueError(f"{request.images}: no training images (TIFFs"
+        raise ValueError(f"{request.images}: no training images (TIFF, PNG or JPEG"
                          + (f" listed in {request.ids_file})" if ids is not None else ")"))
     if request.val_ids_file or request.val_images or request.val_masks:
         return pairs, _validation_pairs(request)
@@ -60,9 +61,9 @@ def split_pairs(request: TrainRequest, seed: int) -> tuple[list, list]:
 def _validation_pairs(request: TrainRequest) -> list:
     images = request.val_images or request.images
     ids = read_ids(request.val_ids_file) if request.val_ids_file else None
-    val = pair_files(images, request.val_masks or request.masks, ids)
+    val = pair_files(images, request.val_masks or request.masks, ids, request.mask_suffix)
     if not val:
-        raise ValueError(f"{images}: no validation images (TIFFs"
+        raise ValueError(f"{images}: no validation images (TIFF, PNG or JPEG"
                          + (f" listed in {request.val_ids_file})" if ids is not None else ")"))
     return val
 
