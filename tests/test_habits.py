@@ -1,7 +1,7 @@
 """Issue 15: the habits of Cellpose and StarDist users, through the CLI on the stardist sample.
 
 Pairing shared by `train` and `evaluate` (`cellvit_cli.pairing`), evaluate's naming and its
-PNG / `_seg.npy` labels.
+PNG / `_seg.npy` labels, and the feedback of `train` and `cellvit models`.
 """
 
 import json
@@ -20,6 +20,7 @@ from cellvit_cli.io import InputError, read_labels, write_labels
 from cellvit_cli.pairing import PairingError
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.training.data import load_samples, pair_files
+from cellvit_cli.training.finish import TrainReport, report_lines, training_warnings
 
 TINY = ["--variant", "vit_nano_p16", "--heads", "boundary", "--epochs", "2",
         "--steps-per-epoch", "1", "--batch-size", "1", "--crop-size", "64", "--device", "cpu"]
@@ -161,6 +162,93 @@ def test_no_pairs_in_two_folders_shows_what_was_seen(tmp_path, cellpose_folder):
     line = _error_line(result)
     assert "seen in" in line and "n0_gt.tif" in line and "--mask-suffix" in line
     assert len(pair_files(cellpose_folder, masks, mask_suffix="_gt")) == 4
+
+
+# ---- train: feedback --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, nuclei):
+    """One short run on Cellpose's one-folder layout, with validation: (result, model folder,
+    data folder)."""
+    folder = tmp_path_factory.mktemp("habits") / "data"
+    folder.mkdir()
+    for i, (image, labels) in enumerate(zip(quarters(nuclei[0]), quarters(nuclei[1]))):
+        tifffile.imwrite(folder / f"n{i}.tif", image)
+        tifffile.imwrite(folder / f"n{i}_masks.tif", labels.astype(np.uint16))
+    out = folder.parent / "model"
+    result = _run("train", "--images", folder, "--masks", folder, "--val-fraction", "0.25",
+                  *TINY, "-o", out)
+    assert result.exit_code == 0, result.output
+    return result, out, folder
+
+
+def test_train_on_the_cellpose_layout_uses_the_masks(trained):
+    _, out, folder = trained
+    pairs = json.loads((out / "train_config.json").read_text())["pairs"]
+    used = sorted(tuple(p) for p in pairs["train"] + pairs["validation"])
+    assert used == [(str(folder / f"n{i}.tif"), str(folder / f"n{i}_masks.tif"))
+                    for i in range(4)]
+
+
+def test_train_says_each_validation_with_ap_per_mode_and_best(trained):
+    result, *_ = trained
+    lines = re.findall(r"epoch (\d)/2: loss [\d.]+, AP@0\.5 boundary ([\d.]+) "
+                       r"\(mean [\d.]+; (new best|best [\d.]+ at epoch 1)\)", result.output)
+    assert [line[0] for line in lines] == ["1", "2"]
+    assert lines[0][2] == "new best"
+    assert "tuning thresholds on 1 validation image(s)" in result.output
+
+
+def test_train_closes_with_a_summary_and_warnings(trained):
+    result, out, _ = trained
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert f"best epoch {summary['best_epoch']}: validation AP@0.5 boundary" in result.output
+    assert "tuned thresholds: AP@0.5 boundary" in result.output
+    assert f"model written to {out}; use it with: cellvit segment IMAGES --model {out}" \
+        in result.output
+    assert "warning: training ended after 2 step(s), inside the learning-rate warm-up of " \
+           "200 steps" in result.output
+    aps = list(summary["best_scores"].values()) + [s["ap50"] for s in summary["tuned"].values()]
+    assert ("warning: validation AP@0.5 is 0 in every mode" in result.output) == (max(aps) == 0)
+
+
+def test_training_warnings():
+    done = TrainReport("m", epochs=50, steps=5000, seconds=60.0, best_epoch=40,
+                       best_scores={"star": 0.7}, tuned={"star": {"ap50": 0.75}})
+    assert training_warnings(done, 200, 5e-6, 5e-4) == []
+    short = TrainReport("m", epochs=2, steps=4, seconds=1.0, best_epoch=1,
+                        best_scores={"star": 0.0, "flow": 0.0}, tuned={"star": {"ap50": 0.0}})
+    warm_up, zero = training_warnings(short, 200, 2.5e-6, 5e-4)
+    assert "4 step(s), inside the learning-rate warm-up of 200 steps" in warm_up
+    assert "2.5e-06" in warm_up and "AP@0.5 is 0 in every mode" in zero
+
+
+def test_summary_without_validation_says_what_was_kept():
+    report = TrainReport("runs/m", epochs=3, steps=30, seconds=9.0, best_epoch=2)
+    lines = report_lines(report)
+    assert lines[0] == "trained 3 epoch(s), 30 steps, in 9.0 s"
+    assert "no validation data: kept the model of epoch 2 (lowest training loss)" in lines[1]
+    assert lines[-1].startswith("model written to runs/m")
+
+
+def test_models_shows_the_scores_training_tuned(trained):
+    _, out, _ = trained
+    assert not (out / "scores.json").exists()
+    result = _run("models", out)
+    assert result.exit_code == 0, result.output
+    assert "validation (tuned): AP@0.5" in result.output
+    assert "no recorded scores" not in result.output
+    assert "warning: training ended after 2 step(s)" in result.output
+    listed = json.loads(_run("models", out, "--json").output)[0]
+    tuned = json.loads((out / "thresholds.json").read_text())["scores"]
+    assert listed["scores"] == {"validation (tuned)": tuned}
+
+
+def test_models_takes_a_shipped_name():
+    result = _run("models", "nuclei_fluo_tiny")
+    assert result.exit_code == 0 and "fluo_val: AP@0.5" in result.output
+    result = _run("models", "no_such_model")
+    assert result.exit_code == 1 and "no model folder or shipped model" in result.output
 
 
 # ---- evaluate: naming and formats -------------------------------------------------------

@@ -22,6 +22,11 @@ def _variant(ctx, param, value: str) -> str:
     return value
 
 
+def _say(line: str) -> None:
+    """A progress line of training, on stderr so that stdout keeps the summary."""
+    click.echo(line, err=True)
+
+
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -76,16 +81,18 @@ def train(images, masks, mask_suffix, ids_file, val_images, val_masks, val_ids_f
 
     Images pair with masks by name: img1.tif with masks/img1.tif, or img1_masks.tif (also
     in the images folder itself, as Cellpose keeps them) or img1_seg.npy. Crops are
-    augmented (flips, rotations, scale, intensity); validation AP@0.5 is logged every
-    --val-every epochs and the best model kept; thresholds are tuned on the validation set
-    at the end. Interrupted runs continue with --resume; an OUT that
-    already holds a model is refused unless --overwrite.
+    augmented (flips, rotations, scale, intensity); one line per validation (every
+    --val-every epochs) gives AP@0.5 per mode and the best so far, and the best model is
+    kept; thresholds are tuned on the validation set at the end, and a closing summary
+    says where the model is. Interrupted runs continue with --resume; an OUT that already
+    holds a model is refused unless --overwrite.
 
     \b
     Example:
       cellvit train --images data/images --masks data/masks --val-fraction 0.1 \\
           --epochs 50 -o models/my_model
     """
+    from cellvit_cli.training.finish import report_lines
     from cellvit_cli.training.run import TrainRequest, run_training
 
     if resume and overwrite:
@@ -93,11 +100,14 @@ def train(images, masks, mask_suffix, ids_file, val_images, val_masks, val_ids_f
     request = TrainRequest(images, masks, ids_file, val_images, val_masks, val_ids_file,
                            val_fraction, out_dir, cache_dir, mask_suffix)
     try:
-        run_training(request, resume=resume, overwrite=overwrite, variant=variant, heads=heads,
-                     in_channels=in_channels, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                     batch_size=batch_size, crop_size=crop_size, lr=lr, time_budget=time_budget,
-                     val_every=val_every, device=device, seed=seed)
+        report = run_training(
+            request, resume=resume, overwrite=overwrite, log=_say, variant=variant,
+            heads=heads, in_channels=in_channels, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size, crop_size=crop_size, lr=lr, time_budget=time_budget,
+            val_every=val_every, device=device, seed=seed)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:  # e.g. the disk filled up or a folder went read-only mid-run
         raise click.ClickException(f"{err.filename}: {err.strerror}") from err
+    for line in report_lines(report):
+        click.echo(line, err=line.startswith("warning:"))

@@ -4,7 +4,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ class TrainState:
     best_score: float = -1.0
     best_epoch: int = -1
     seconds: float = 0.0                 # training time so far, kept across --resume
+    best_scores: dict = field(default_factory=dict)  # {'ap50_<mode>': AP} of the best epoch
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
@@ -151,8 +152,9 @@ class Trainer:
         maps = validation_maps(self.model, self.val_samples, self.device)
         return {f"ap50_{m}": s for m, s in validation_scores(maps, self.val_samples, modes).items()}
 
-    def run(self, progress: bool = True) -> Path:
-        """Train until `cfg.epochs`, validating, logging and checkpointing each epoch."""
+    def run(self, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
+        """Train until `cfg.epochs`, validating, logging and checkpointing each epoch;
+        `log` gets one line per validation (see `validation_line`)."""
         while self.state.epoch < self.cfg.epochs and self.progress() < 1.0:
             self._epoch_started = time.time()
             row = {"epoch": self.state.epoch + 1, "step": self.state.step + self.steps_per_epoch,
@@ -162,6 +164,8 @@ class Trainer:
             if self.state.epoch % self.cfg.val_every == 0 or last:
                 row.update(self.validate())
                 self._keep_if_best(row)
+                if log is not None:
+                    log(validation_line(row, self.state, self.cfg.epochs))
             row["seconds"] = round(time.time() - self._epoch_started, 2)
             self.state.seconds += row["seconds"]
             self._epoch_started = time.time()
@@ -176,6 +180,7 @@ class Trainer:
         score = float(np.mean(scores)) if scores else -row["loss"]
         if score > self.state.best_score:
             self.state.best_score, self.state.best_epoch = score, self.state.epoch
+            self.state.best_scores = {k: v for k, v in row.items() if k.startswith("ap50_")}
             save_model_folder(self.out_dir, self.model, self.model_config)
 
     def _log(self, row: dict) -> None:
@@ -222,6 +227,19 @@ class Trainer:
                   if key in saved and _plain(saved[key]) != _plain(ours[key])]
         if differ:
             raise ValueError(f"{path}: made for {', '.join(differ)}; {_RESUME_HINT}")
+
+
+def validation_line(row: dict, state: TrainState, epochs: int) -> str:
+    """One line a person reads after a validation: 'epoch 5/100: loss 0.412, AP@0.5 star
+    0.612, flow 0.640 (mean 0.626; best 0.626 at epoch 5)'."""
+    scores = {k[len("ap50_"):]: v for k, v in row.items() if k.startswith("ap50_")}
+    text = f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4g}"
+    if not scores:
+        return text + " (no validation data)"
+    text += ", AP@0.5 " + ", ".join(f"{mode} {ap:.3f}" for mode, ap in scores.items())
+    best = ("new best" if state.best_epoch == row["epoch"]
+            else f"best {state.best_score:.3f} at epoch {state.best_epoch}")
+    return text + f" (mean {np.mean(list(scores.values())):.3f}; {best})"
 
 
 _RESUME_HINT = "resume with the settings it was trained with, or start afresh with --overwrite"

@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -12,13 +13,14 @@ from cellvit_cli.modeling.folder import (CARD_FILE, CONFIG_FILE, SCORES_FILE, TH
                                          WEIGHTS_FILE)
 from cellvit_cli.training.augment import AugmentConfig
 from cellvit_cli.training.data import load_samples, pair_files, read_ids, require_objects
-from cellvit_cli.training.finish import CURVES_FILE, plot_curves, tune_model_thresholds
+from cellvit_cli.training.finish import (CURVES_FILE, SUMMARY_FILE, TrainReport, finish_report,
+                                         plot_curves, tune_model_thresholds, write_summary)
 from cellvit_cli.training.loop import CHECKPOINT_FILE, LOG_FILE, TrainConfig, Trainer
 
 RUN_FILE = "train_config.json"
 # what a training run leaves in its model folder: --overwrite removes them all first
 MODEL_FOLDER_FILES = (CONFIG_FILE, WEIGHTS_FILE, THRESHOLDS_FILE, CARD_FILE, SCORES_FILE,
-                      LOG_FILE, CURVES_FILE, CHECKPOINT_FILE, RUN_FILE)
+                      LOG_FILE, CURVES_FILE, CHECKPOINT_FILE, RUN_FILE, SUMMARY_FILE)
 
 
 @dataclass
@@ -94,9 +96,23 @@ def remove_model_files(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def write_run_file(out: Path, request: TrainRequest, cfg: TrainConfig, train_pairs: list,
+                   val_pairs: list) -> None:
+    """train_config.json: the request, the settings and the (image, mask) files used."""
+    pairs = {"train": [[str(i), str(m)] for i, m in train_pairs],
+             "validation": [[str(i), str(m)] for i, m in val_pairs]}
+    content = {"request": {k: str(v) for k, v in asdict(request).items()},
+               "config": asdict(cfg), "pairs": pairs}
+    with atomic_path(out / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+
+
 def run_training(request: TrainRequest, resume: bool = False, progress: bool = True,
-                 overwrite: bool = False, **settings) -> Path:
-    """Load data, train (or resume), tune thresholds on validation, plot curves."""
+                 overwrite: bool = False, log: Callable[[str], None] | None = None,
+                 **settings) -> TrainReport:
+    """Load data, train (or resume), tune thresholds on validation, plot curves; return the
+    closing report (also written to train_summary.json). `log` gets the lines a person
+    reads while it runs: one per validation, and one before threshold tuning."""
     out = Path(request.out_dir)
     crop = settings.pop("crop_size", AugmentConfig.crop_size)
     cfg = replace(TrainConfig(augment=AugmentConfig(crop_size=crop)), **settings)
@@ -112,12 +128,14 @@ def run_training(request: TrainRequest, resume: bool = False, progress: bool = T
     trainer = Trainer(train_samples, val_samples, out, cfg)
     if resume:
         trainer.load_checkpoint()
-    with atomic_path(out / RUN_FILE) as tmp:
-        tmp.write_text(json.dumps(
-            {"request": {k: str(v) for k, v in asdict(request).items()}, "config": asdict(cfg)},
-            indent=2, default=str) + "\n")
-    trainer.run(progress)
+    write_run_file(out, request, cfg, train_pairs, val_pairs)
+    trainer.run(progress, log)
+    thresholds = {}
     if val_samples:
-        tune_model_thresholds(out, val_samples, trainer.device)
+        if log is not None:
+            log(f"tuning thresholds on {len(val_samples)} validation image(s) ...")
+        thresholds = tune_model_thresholds(out, val_samples, trainer.device)
     plot_curves(out)
-    return out
+    report = finish_report(trainer, thresholds)
+    write_summary(report)
+    return report
