@@ -660,3 +660,42 @@ def test_segment_removes_temp_files_a_killed_run_left(cells_model, good_images, 
     assert _outputs(good_images, ["good1", "good2"]) == clean
     hidden = sorted(p.name for p in good_images.glob(".*"))
     assert hidden == [".notes.tmp-12345678.txt"]
+
+
+@pytest.mark.slow
+def test_segment_killed_mid_run_then_rerun_equals_a_clean_run(cells_model, tmp_path, nuclei):
+    """kill -9 once the first labels file is there and another image's outputs are being
+    written (a temp file is there); the rerun finishes the rest and removes the temp files:
+    outputs identical to a clean run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        tifffile.imwrite(folder / f"img{i}.tif", np.roll(nuclei[0], 37 * i, axis=1))
+    out, clean = tmp_path / "out", tmp_path / "clean"
+
+    def command(target):
+        return [sys.executable, "-c", "from cellvit_cli.cli import main; main()", "segment",
+                str(folder), "-o", str(target), "--model", str(cells_model), "--diameter", "12",
+                "--roi", "--geojson"]
+
+    killed = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while killed.poll() is None and time.monotonic() < deadline and not (
+            list(out.glob("*_labels.tif")) and list(out.glob(".*.tmp-*"))):
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    n_done = len(list(out.glob("*_labels.tif")))
+    assert 1 <= n_done < 6 and list(out.glob(".*.tmp-*")), "the kill must land mid-write"
+    rerun = subprocess.run(command(out), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - n_done} image(s) done, {n_done} skipped, 0 failed" in rerun.stdout
+    assert subprocess.run(command(clean), capture_output=True, timeout=600).returncode == 0
+    outputs = _outputs(out)
+    assert len(outputs) == 6 * 3 and outputs == _outputs(clean)  # labels, rois, geojson
+    assert _no_temp_files(out, folder)
