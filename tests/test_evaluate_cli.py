@@ -96,6 +96,8 @@ def test_no_pairs(tmp_path, folders):
     empty.mkdir()
     result = _run("--pred", empty, "--gt", gt_dir, "--skip-unmatched")
     assert result.exit_code == 2 and "no pairs" in result.output
+    assert f"{empty}: no label images" in result.output and "img0.tif" in result.output
+    assert "--pred-suffix" in result.output
 
 
 def test_missing_folder(tmp_path, folders):
