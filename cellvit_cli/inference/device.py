@@ -61,3 +61,28 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides CPU speed here
+
+
+def cpu_description() -> str:
+    """'AMD EPYC, 2 cores, avx2 avx512f avx512_bf16': the CPU named beside benchmark figures
+    (model name and flags from /proc/cpuinfo where there is one)."""
+    import os
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    found = " ".join(f for f in CPU_FEATURES if f in flags)
+    return f"{name}, {cores} cores" + (f", {found}" if found else "")

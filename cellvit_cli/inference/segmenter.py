@@ -2,6 +2,7 @@
 `segment_array` for one image in memory. Files and folders: `pipeline.segment_paths`."""
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -214,9 +215,21 @@ def segment_array_with_size(image: np.ndarray, model=None,
     if estimate.result is not None:
         maps, labels = estimate.result
     else:
+        _fit_budget(estimate, data.shape[1:], settings.pixel_budget)
         maps = segmenter.predictor.predict(rescale(x, estimate.zoom))
         labels = segmenter.decode(maps, maps[segmenter.heads[0]].shape[1:])
     return resize_labels(labels, data.shape[1:]), estimate
+
+
+def _fit_budget(estimate: SizeEstimate, shape: tuple[int, int], pixel_budget: int) -> None:
+    """Lower `estimate.zoom` (with a note and a warning) so that the zoomed image keeps
+    within `pixel_budget` pixels: an array in memory has no block mode."""
+    limit = math.sqrt(pixel_budget / (shape[0] * shape[1]))
+    if estimate.zoom > limit:
+        estimate.note = (f"zoom {estimate.zoom:.3g} lowered to {limit:.3g} to keep within "
+                         f"{pixel_budget:,} pixels (segment_paths would use block mode)")
+        log.warning("%s", estimate.note)
+        estimate.zoom = limit
 
 
 def _as_cyx(image: np.ndarray) -> np.ndarray:

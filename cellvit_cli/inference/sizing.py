@@ -29,7 +29,7 @@ Segment = Callable[[np.ndarray], tuple[dict, np.ndarray]]  # x -> (maps, int lab
 TOLERANCE = 0.15          # stop once the zoom moves by less than this fraction
 MAX_PROBES = 5
 MAX_TEXTURE = 0.1         # see _texture_inside
-MAX_DRIFT = 2.0           # implied input diameters of two probes differ more: not objects
+MIN_FOLLOW = 0.2          # the median must move by at least this share of a zoom change
 ZOOM_RANGE = (1 / 32, 8.0)
 MIN_SIDE = 32             # px: a probe or the result is never smaller than this
 MIN_OBJECTS = 2           # fewer objects than this is "nothing found"
@@ -144,21 +144,36 @@ def estimate_zoom(shape: tuple[int, int], read: Read, segment: Segment, target: 
 
 
 def _first_probe(shape, run) -> Probe | None:
-    """The first probe of LADDER that finds objects in its range (None: none does), or
-    the coarsest rung's when its large objects hold little of what half size found."""
-    coarse_rung = LADDER[-1]
-    for rung in LADDER:
-        if not _fits(shape, rung.zoom):
-            continue
-        probe = run(rung.zoom)
-        if not _in_range(probe, rung):
-            continue
-        if rung is LADDER[0] and probe.result is not None and _fits(shape, coarse_rung.zoom):
-            coarse = run(coarse_rung.zoom)
-            if _in_range(coarse, coarse_rung) and _texture_inside(probe, coarse):
-                return coarse
-        return probe
+    """The first probe that finds objects in its rung's range (None: none does).
+
+    Half size first; if its objects are too large, straight to 1/8 (full size would
+    only see texture inside them), else full size for small objects, then 1/8. A finer
+    probe loses to the 1/8 one when its objects are texture inside the large objects
+    1/8 finds.
+    """
+    half, full, coarse = LADDER
+    probe = run(half.zoom) if _fits(shape, half.zoom) else None
+    if probe is not None and _in_range(probe, half):
+        return _unless_texture(probe, shape, run)
+    if probe is None or not (probe.found and probe.median >= half.max_diameter):
+        probe = run(full.zoom)
+        if _in_range(probe, full):
+            return _unless_texture(probe, shape, run)
+    if _fits(shape, coarse.zoom):
+        probe = run(coarse.zoom)
+        if _in_range(probe, coarse):
+            return probe
     return None
+
+
+def _unless_texture(probe: Probe, shape, run) -> Probe:
+    """`probe`, or the 1/8 probe when that finds large objects that `probe`'s objects
+    are only texture inside (see `_texture_inside`)."""
+    coarse = LADDER[-1]
+    if probe.result is None or not _fits(shape, coarse.zoom):
+        return probe
+    big = run(coarse.zoom)
+    return big if _in_range(big, coarse) and _texture_inside(probe, big) else probe
 
 
 def _fits(shape, zoom: float) -> bool:
@@ -195,14 +210,18 @@ def _refine(probe: Probe, shape, target: float, run, probes: list[Probe]) -> Siz
         nxt = run(zoom)
         if not nxt.found:  # objects vanished at the new zoom: keep the last measurement
             return _estimate(probe, zoom, note, probes)
-        if abs(math.log(_implied(nxt) / _implied(probe))) > math.log(MAX_DRIFT):
+        if _does_not_follow(probe, nxt):
             return _inconsistent(probes)
         probe = nxt
 
 
-def _implied(probe: Probe) -> float:
-    """The median diameter a probe implies in the input image (px)."""
-    return probe.median / probe.zoom
+def _does_not_follow(before: Probe, after: Probe) -> bool:
+    """Whether the median (px at the probe's zoom) barely moved although the zoom moved by
+    more than 1.5x: the model finds the same size at every zoom, so it is not measuring
+    objects."""
+    zoom_change = abs(math.log(after.zoom / before.zoom))
+    return (zoom_change > math.log(1.5)
+            and abs(math.log(after.median / before.median)) < MIN_FOLLOW * zoom_change)
 
 
 def _inconsistent(probes: list[Probe]) -> SizeEstimate:
