@@ -185,14 +185,18 @@ def _in_range(probe: Probe, rung: Rung) -> bool:
 
 
 def _texture_inside(fine: Probe, coarse: Probe) -> bool:
-    """Whether the objects of a finer whole-image probe cover less than `MAX_TEXTURE` of
-    the area of the coarser probe's objects: then they are texture inside large objects
-    (nuclei of 300 px seen at half size), not objects of their own."""
+    """Whether the objects of a finer whole-image probe fill less than `MAX_TEXTURE` of the
+    coarser probe's objects (count inside them x median area / their area): then they are
+    texture inside large objects (nuclei of 300 px seen at half size), not objects of
+    their own. Small nuclei packed in a cluster that 1/8 sees as one blob fill it well."""
     if coarse.result is None:
         return False
-    coarse_fg = resize_labels(coarse.result[1], fine.result[1].shape) > 0
+    fine_labels = fine.result[1]
+    coarse_fg = resize_labels(coarse.result[1], fine_labels.shape) > 0
     area = np.count_nonzero(coarse_fg)
-    return area > 0 and np.count_nonzero(coarse_fg & (fine.result[1] > 0)) < MAX_TEXTURE * area
+    inside = np.unique(fine_labels[coarse_fg])
+    count = inside.size - (inside[:1] == 0).sum()
+    return area > 0 and count * np.pi * (fine.median / 2) ** 2 < MAX_TEXTURE * area
 
 
 def _refine(probe: Probe, shape, target: float, run, probes: list[Probe]) -> SizeEstimate:
