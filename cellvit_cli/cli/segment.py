@@ -95,9 +95,9 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     image's pixel size, zoom and object diameter), the exports asked for, and
     OUT/summary.csv (per image: diameter, zoom, cells, seconds). By default each image's
     object size is estimated and the image zoomed to the model's size; --diameter or
-    --scale fix it. Finished images are skipped unless
-    --overwrite, so an interrupted run resumes. Unreadable images are reported and skipped;
-    the exit code is 1 if any image failed.
+    --scale fix it. Finished images are skipped unless --overwrite, so an interrupted
+    run resumes. Images that cannot be read or segmented are reported as failed (one line
+    each) and the others are still done; the exit code is 1 if any image failed.
 
     \b
     Examples:
