@@ -10,6 +10,7 @@ the zoomed ground truth: median, and the share of images within 15 %).
 
     python benchmarks/zoom.py --images ../shared/data/dsb2018/test/images \
         --masks ../shared/data/dsb2018/test/masks --ids ../shared/data/dsb2018/splits/test_fluo.txt
+    python benchmarks/zoom.py ... --cost     # the estimate's own cost, at zoom 1x only
 """
 
 import argparse
@@ -77,6 +78,31 @@ def score_run(truth: dict[str, np.ndarray], out: Path, report) -> dict:
             "zooms": [float(r.zoom) for r in report.images]}
 
 
+def estimate_cost(pairs, model=None, repeats: int = 2) -> dict:
+    """Seconds of `segment_array_with_size` per image with the automatic size and with the
+    zoom it found given by hand (no probes), interleaved image by image, best of
+    `repeats`; their ratio is what the estimate costs."""
+    import time
+
+    from cellvit_cli.inference import Segmenter, segment_array_with_size
+
+    auto = Segmenter.from_settings(SegmentSettings(model=model, progress=False))
+    totals = {"auto": 0.0, "same zoom": 0.0}
+    for image_path, _ in pairs:
+        image = tifffile.imread(image_path)
+        image = np.moveaxis(image, -1, 0) if image.ndim == 3 else image
+        zoom = segment_array_with_size(image, auto)[1].zoom  # warm-up, and the zoom found
+        fixed = Segmenter(auto.loaded, SegmentSettings(scale=zoom, progress=False))
+        for name, segmenter in (("auto", auto), ("same zoom", fixed)):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                segment_array_with_size(image, segmenter)
+                times.append(time.perf_counter() - start)
+            totals[name] += min(times)
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, required=True)
@@ -85,9 +111,17 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--cost", action="store_true",
+                        help="only time the estimate against the same zoom given by hand")
     args = parser.parse_args()
     pairs = pair_files(args.images, args.masks, read_ids(args.ids) if args.ids else None)
     print(f"{len(pairs)} images; CPU: {cpu_description()}")
+    if args.cost:
+        totals = estimate_cost(pairs, args.model)
+        print(f"segment_array_with_size, s per image: auto {totals['auto'] / len(pairs):.3f}, "
+              f"the same zoom given {totals['same zoom'] / len(pairs):.3f}: the estimate "
+              f"costs {totals['auto'] / totals['same zoom']:.2f}x")
+        return
     print("| zoom | setting | AP@0.5 | AP@0.75 | AP@0.5:0.95 | s/image | est/true diameter "
           "(median) | within 15 % | zooms used (median) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -26,13 +26,16 @@ TARGET = 20.0
 def _discs(diameter: float, shape=(600, 600), seed=0) -> np.ndarray:
     """(Y, X) float32 image of bright discs of `diameter` px on a regular jittered grid."""
     rng = np.random.default_rng(seed)
-    step = max(int(diameter * 1.6), 4)
-    yy, xx = np.indices(shape)
+    step, r = max(int(diameter * 1.6), 4), diameter / 2
     image = np.zeros(shape, np.float32)
+    half = int(np.ceil(r)) + 1
     for cy in range(step // 2, shape[0] - step // 2, step):
         for cx in range(step // 2, shape[1] - step // 2, step):
-            jy, jx = rng.uniform(-0.1, 0.1, 2) * diameter
-            image[(yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 <= (diameter / 2) ** 2] = 1.0
+            y, x = np.array([cy, cx]) + rng.uniform(-0.1, 0.1, 2) * diameter
+            ys = slice(max(0, int(y) - half), min(shape[0], int(y) + half + 1))
+            xs = slice(max(0, int(x) - half), min(shape[1], int(x) + half + 1))
+            yy, xx = np.ogrid[ys, xs]
+            image[ys, xs][(yy - y) ** 2 + (xx - x) ** 2 <= r ** 2] = 1.0
     return image
 
 
@@ -230,3 +233,31 @@ def test_segment_array_of_an_empty_image(segmenter):
     assert labels.shape == (200, 300) and labels.max() == 0
     assert estimate.zoom == 1.0 and "no objects" in estimate.note
     np.testing.assert_array_equal(segment_array(np.zeros((200, 300)), segmenter), labels)
+
+
+def _probe_of(labels: np.ndarray, zoom: float):
+    from cellvit_cli.inference.sizing import Probe
+
+    return Probe(zoom, object_diameters(labels), ({}, labels))
+
+
+def test_texture_inside_large_objects_is_told_from_packed_small_objects():
+    from cellvit_cli.inference.sizing import _texture_inside
+
+    big = np.zeros((64, 64), np.int32)  # 1/8: two large objects
+    big[8:40, 8:40], big[40:60, 30:60] = 1, 2
+    specks = np.zeros((256, 256), np.int32)  # half size: a few specks inside them
+    for k, (y, x) in enumerate([(50, 50), (90, 120), (180, 200), (60, 130)], start=1):
+        specks[y:y + 5, x:x + 5] = k
+    packed = ndi.label(_discs(8, (256, 256)) > 0)[0] * (resize_labels(big, (256, 256)) > 0)
+    assert _texture_inside(_probe_of(specks, 0.5), _probe_of(big, 0.125))
+    assert not _texture_inside(_probe_of(packed, 0.5), _probe_of(big, 0.125))
+
+
+def test_crops_are_not_repeated_when_they_cover_the_image():
+    from cellvit_cli.inference.sizing import _CropPicker
+
+    image = _discs(20, (300, 400))[np.newaxis]
+    picker = _CropPicker((300, 400), lambda r, z: rescale(image[(slice(None), *r)], z))
+    assert len(picker.regions(0.5)) == 1  # 1024 px crops of a 300 x 400 image
+    assert len(picker.regions(4.0)) == 4  # 128 px crops

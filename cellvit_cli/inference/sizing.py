@@ -289,9 +289,12 @@ class _CropPicker:
         return self._centres
 
     def regions(self, zoom: float) -> list[Slices]:
+        """The crops at `zoom`, each once (crops as large as the image are all the same)."""
         side = math.ceil(PROBE_SIDE / zoom)
-        return [tuple(_window(c, side, n) for c, n in zip(centre, self.shape))
-                for centre in self.centres()]
+        windows = {tuple((w.start, w.stop) for w in (_window(c, side, n)
+                                                     for c, n in zip(centre, self.shape)))
+                   for centre in self.centres()}
+        return [tuple(slice(*w) for w in window) for window in sorted(windows)]
 
 
 def _cuts(n: int, count: int) -> list[slice]:
