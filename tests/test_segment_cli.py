@@ -73,7 +73,7 @@ def test_folder_with_a_broken_file_resume_and_overwrite(inputs, tmp_path, model_
     assert _digest(inputs) == before  # inputs untouched
 
     mtime = (out / "a_labels.tif").stat().st_mtime_ns
-    result = _run(inputs, "-o", out, "--model", model_dir)
+    result = _run(inputs, "-o", out, "--model", model_dir, "--tile-size", "128", "--overlap", "32")
     assert "0 image(s) done, 2 skipped, 1 failed" in result.output and result.exit_code == 1
     assert (out / "a_labels.tif").stat().st_mtime_ns == mtime
 
@@ -109,7 +109,7 @@ def test_block_mode_writes_a_tiled_bigtiff(inputs, tmp_path, model_dir):
     assert read_image(out / "a_labels.tif").pixel_size == pytest.approx((0.5, 0.5))
     # block mode writes no exports: asking for them does not make the image undone
     result = _run(inputs / "a.tif", "-o", out, "--model", model_dir, "--block-mode", "on",
-                  "--roi")
+                  "--tile-size", "128", "--overlap", "32", "--roi")
     assert "0 image(s) done, 1 skipped" in result.output
 
 
@@ -125,7 +125,7 @@ def test_usage_errors(inputs, tmp_path, model_dir, args, message):
 
 def test_unknown_model_and_device(inputs, tmp_path):
     result = _run(inputs, "-o", tmp_path / "out", "--model", tmp_path / "nothing")
-    assert result.exit_code == 1 and "nothing" in result.output
+    assert result.exit_code == 2 and "nothing" in result.output  # a usage error
     if not torch.cuda.is_available():
         result = _run(inputs, "-o", tmp_path / "out", "--device", "cuda")
         assert result.exit_code == 2 and "CUDA" in result.output

@@ -1,6 +1,8 @@
 """`cellvit segment`: label the cells of TIFF images (files, folders or globs)."""
 
+import glob
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +27,18 @@ def _setup_logging() -> logging.Handler:
     logger.setLevel(logging.INFO)
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # our own line names a bad file
     return handler
+
+
+def _check_inputs(inputs) -> None:
+    """A usage error for a missing path or a glob that matches nothing, found without the
+    heavy imports (`inputs.find_inputs` checks the rest)."""
+    for item in map(str, inputs):
+        if os.path.exists(item):
+            continue
+        if not glob.has_magic(item):
+            raise click.UsageError(f"{item}: no such file or folder")
+        if not glob.glob(item, recursive="**" in item):
+            raise click.UsageError(f"{item}: no files match")
 
 
 class _Diameter(click.ParamType):
@@ -105,13 +119,18 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
       cellvit segment 'plates/**/*.tif' --recursive -o out --diameter 25 --roi --measure
       cellvit segment big_nuclei/ -o out             # object size estimated per image
     """
+    if diameter != "auto" and scale is not None:
+        raise click.UsageError("give --diameter or --scale, not both")
+    _check_inputs(inputs)  # before the heavy imports below
     from cellvit_cli.inference.device import resolve_device
     from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths
     from cellvit_cli.io import InputError
-    from cellvit_cli.modeling import ModelFolderError
+    from cellvit_cli.modeling import ModelFolderError, resolve_model
 
-    if diameter != "auto" and scale is not None:
-        raise click.UsageError("give --diameter or --scale, not both")
+    try:
+        resolve_model(model)
+    except ModelFolderError as err:
+        raise click.BadParameter(str(err), param_hint="--model")
     try:
         resolve_device(device)
     except ValueError as err:

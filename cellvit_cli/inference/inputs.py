@@ -2,6 +2,7 @@
 
 import fnmatch
 import glob
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -10,18 +11,28 @@ import tifffile
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS
-from cellvit_cli.io import TIFF_SUFFIXES
+from cellvit_cli.inference.fingerprint import changed_settings
+from cellvit_cli.io import TIFF_SUFFIXES, read_label_metadata
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Job:
     """One input image and where its outputs go: {name: path}, names and file name
-    endings from `export.OUTPUT_SUFFIXES` ("labels", "rois", ...)."""
+    endings from `export.OUTPUT_SUFFIXES` ("labels", "rois", ...); fingerprint: what
+    decides its labels in this run (`fingerprint.settings_fingerprint`), stored with them."""
 
     path: Path
     outputs: dict[str, Path]
+    fingerprint: dict | None = None
 
     def is_done(self, exports: dict[str, bool], heads=()) -> bool:
+        """Whether the outputs are complete (`outputs_exist`) and made with the settings of
+        this run (`changed_settings`)."""
+        return self.outputs_exist(exports, heads) and not self.changed_settings()
+
+    def outputs_exist(self, exports: dict[str, bool], heads=()) -> bool:
         """Whether the labels are complete (see `labels_layout`) and every export asked for
         exists (maps: of `heads`). Labels from block mode (a tiled BigTIFF) are done without
         exports: it makes none."""
@@ -33,6 +44,28 @@ class Job:
                 wanted.append(self.outputs[name])
         layout = labels_layout(self.outputs["labels"])
         return layout == "tiled" or (layout == "plain" and all(p.exists() for p in wanted))
+
+    def changed_settings(self) -> list[str]:
+        """Names of the settings in which the labels' stored fingerprint differs from this
+        run's ([] when either has none: labels of older versions count as done)."""
+        if self.fingerprint is None:
+            return []
+        stored = read_label_metadata(self.outputs["labels"]).get("settings")
+        return [] if not isinstance(stored, dict) else changed_settings(stored, self.fingerprint)
+
+
+def jobs_to_do(jobs: list[Job], exports: dict[str, bool], heads=(), overwrite=False
+               ) -> list[Job]:
+    """The jobs that are not done (all with `overwrite`); one info line per image redone
+    because its settings changed."""
+    todo = []
+    for job in jobs:
+        if overwrite or not job.outputs_exist(exports, heads):
+            todo.append(job)
+        elif changed := job.changed_settings():
+            log.info("%s: settings changed (%s): redoing", job.path.name, ", ".join(changed))
+            todo.append(job)
+    return todo
 
 
 def labels_layout(path: Path) -> str | None:
@@ -58,26 +91,15 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
     """(file, output name) for each input image, output names relative to the output folder.
 
     inputs: files (taken as given), folders (their *.tif/*.tiff, or files matching `pattern`;
-    subfolders too if `recursive`, mirrored in the output names; hidden files skipped) and
-    globs. Our own outputs in `exclude` (the output folder) are never taken from folders or
-    globs. Raises ValueError when nothing is found or two inputs would write the same outputs.
+    subfolders too if `recursive`; hidden files skipped) and globs (`**` matches any depth,
+    with or without `recursive`). Sub-folders are mirrored in the output names: relative to
+    the folder, or to a glob's fixed part (before its first wildcard). Our own outputs in
+    `exclude` (the output folder) are never taken from folders or globs. Raises ValueError
+    when a path is missing, nothing is found, or two inputs would write the same outputs.
     """
     found: dict[Path, PurePath] = {}
     for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            files = item.rglob("*") if recursive else item.iterdir()
-            picked = [(f, f.relative_to(item)) for f in sorted(files) if f.is_file()
-                      and not _hidden(f.relative_to(item)) and _wanted(f, pattern, exclude)]
-        elif item.exists() or not glob.has_magic(str(item)):
-            picked = [(item, PurePath(item.name))]  # a missing file fails when read
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=recursive))
-            picked = [(f, PurePath(f.name)) for f in matches
-                      if f.is_file() and _wanted(f, pattern, exclude, check_suffix=False)]
-            if not picked:
-                raise ValueError(f"{item}: no files match")
-        for path, name in picked:
+        for path, name in _pick(Path(item), recursive, pattern, exclude):
             found.setdefault(path.resolve(), name.with_name(_stem(name.name)))
     if not found:
         raise ValueError(f"no TIFF files found in {', '.join(map(str, inputs))}")
@@ -88,6 +110,33 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
                              f"({name}_labels.tif): segment them into different folders")
         names[name] = path
     return list(found.items())
+
+
+def _pick(item: Path, recursive: bool, pattern: str | None, exclude: Path | None
+          ) -> list[tuple[Path, PurePath]]:
+    """(file, name relative to the output folder) of one input: a folder, file or glob."""
+    if item.is_dir():
+        files = item.rglob("*") if recursive else item.iterdir()
+        return [(f, f.relative_to(item)) for f in sorted(files) if f.is_file()
+                and not _hidden(f.relative_to(item)) and _wanted(f, pattern, exclude)]
+    if item.exists():
+        return [(item, PurePath(item.name))]
+    if not glob.has_magic(str(item)):
+        raise ValueError(f"{item}: no such file or folder")
+    root = glob_root(str(item))
+    matches = sorted(Path(m) for m in glob.glob(str(item), recursive="**" in str(item)))
+    picked = [(f, f.relative_to(root)) for f in matches
+              if f.is_file() and _wanted(f, pattern, exclude, check_suffix=False)]
+    if not picked:
+        raise ValueError(f"{item}: no files match")
+    return picked
+
+
+def glob_root(pattern: str) -> Path:
+    """The fixed part of a glob, before its first wildcard: 'plates/**/*.tif' -> plates."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return Path(*parts[:fixed]) if fixed else Path(".")
 
 
 def _wanted(path: Path, pattern: str | None, exclude: Path | None, check_suffix=True) -> bool:
@@ -119,8 +168,10 @@ def _stem(name: str) -> str:
     return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
-def plan_jobs(inputs: list[tuple[Path, PurePath]], out_dir: Path) -> list[Job]:
-    """A Job per (file, output name); ValueError if an output would overwrite an input."""
+def plan_jobs(inputs: list[tuple[Path, PurePath]], out_dir: Path,
+              fingerprint: dict | None = None) -> list[Job]:
+    """A Job per (file, output name), made with `fingerprint`; ValueError if an output
+    would overwrite an input."""
     sources = {path for path, _ in inputs}
     jobs = []
     for path, name in inputs:
@@ -129,5 +180,5 @@ def plan_jobs(inputs: list[tuple[Path, PurePath]], out_dir: Path) -> list[Job]:
         clash = [p for p in outputs.values() if p.resolve() in sources]
         if clash:
             raise ValueError(f"{clash[0]}: an output would overwrite an input")
-        jobs.append(Job(path, outputs))
+        jobs.append(Job(path, outputs, fingerprint))
     return jobs

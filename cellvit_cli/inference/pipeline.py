@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS, check_zoom, segment_file_blocks
-from cellvit_cli.inference.inputs import Job, find_inputs, plan_jobs
+from cellvit_cli.inference.fingerprint import run_fingerprint
+from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
                                              segment_array, segment_array_with_size)
 from cellvit_cli.inference.sizing import SizeEstimate
@@ -87,14 +88,15 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     settings = settings or SegmentSettings()
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    jobs = plan_jobs(find_inputs(inputs, settings.recursive, settings.pattern, out_dir), out_dir)
+    found = find_inputs(inputs, settings.recursive, settings.pattern, out_dir)
+    jobs = plan_jobs(found, out_dir, run_fingerprint(settings, model))
     _prepare_folders(out_dir, jobs)
     report = SegmentReport()
     segmenter = model if isinstance(model, Segmenter) else None
     if segmenter is None and settings.save_maps:  # which maps files to expect
         segmenter = Segmenter.from_settings(settings, model)
     heads = segmenter.heads if segmenter is not None else ()
-    todo = [job for job in jobs if settings.overwrite or not job.is_done(settings.exports, heads)]
+    todo = jobs_to_do(jobs, settings.exports, heads, settings.overwrite)
     report.skipped = len(jobs) - len(todo)
     records = {job.path: _record(job, out_dir, "skipped") for job in jobs}
     if todo:
@@ -183,9 +185,10 @@ def _done(job: Job, estimate: SizeEstimate, cells: int, seconds: float, segmente
     record.zoom, record.mode, record.note = float(estimate.zoom), segmenter.mode, estimate.note or ""
 
 
-def _label_metadata(estimate: SizeEstimate, segmenter: Segmenter) -> dict:
-    """What the labels TIFF records about how it was made."""
+def _label_metadata(estimate: SizeEstimate, segmenter: Segmenter, job: Job) -> dict:
+    """What the labels TIFF records about how it was made (settings: `Job.fingerprint`)."""
     return {"model": str(segmenter.loaded.path.name), "mode": segmenter.mode,
+            "settings": job.fingerprint,
             "zoom": round(float(estimate.zoom), 6),
             "diameter_px": None if estimate.diameter is None else round(float(estimate.diameter), 3),
             "size": "auto" if segmenter.scale is None else "fixed"}
@@ -357,7 +360,8 @@ def _write_outputs(read: _Read, maps: dict, labels: np.ndarray, segmenter: Segme
             if on:
                 made = writers[name](outputs[name])
                 written += [outputs[name]] if made is None else made
-        write_labels(outputs["labels"], labels, size, _label_metadata(read.estimate, segmenter))
+        write_labels(outputs["labels"], labels, size, _label_metadata(read.estimate, segmenter,
+                                                                    read.job))
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -390,7 +394,7 @@ def _run_blocks(job: Job, segmenter: Segmenter, report: SegmentReport, clock: _C
     try:
         cells, pixels, estimate = segment_file_blocks(
             job.path, job.outputs["labels"], segmenter, clock, estimate,
-            lambda e: _label_metadata(e, segmenter))
+            lambda e: _label_metadata(e, segmenter, job))
     except (OSError, ValueError) as err:  # InputError included; this image only
         _fail(report, _image_error(job, err), records, job)
         return

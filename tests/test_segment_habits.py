@@ -1,0 +1,138 @@
+"""`cellvit segment` as Cellpose/StarDist users run it: reruns with other settings, globs
+over wells, exit codes, usage errors before the heavy imports (issue 15, points 1, 8, 10)."""
+
+import subprocess
+import sys
+
+import pytest
+import tifffile
+import torch
+from click.testing import CliRunner
+
+from cellvit_cli.cli import main
+from cellvit_cli.inference.inputs import find_inputs
+from cellvit_cli.io import read_label_metadata, read_labels, write_labels
+from cellvit_cli.modeling import ModelConfig, save_model_folder
+from cellvit_cli.samples import load_nuclei_sample
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A ViT-tiny folder whose star head sees packed round cells everywhere (no training)."""
+    torch.manual_seed(0)
+    config = ModelConfig(variant="vit_tiny_p16", heads=("star",), median_diameter=12.0)
+    model = config.build()
+    last = model.heads["star"].body[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([4.0] + [0.6] * (last.bias.numel() - 1)))
+    return save_model_folder(tmp_path_factory.mktemp("model") / "tiny", model, config,
+                             {"default_mode": "star"})
+
+
+@pytest.fixture(scope="module")
+def crop():
+    return load_nuclei_sample()[0][:64, :64]
+
+
+@pytest.fixture
+def one_image(tmp_path, crop):
+    tifffile.imwrite(tmp_path / "a.tif", crop)
+    return tmp_path / "a.tif"
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["segment", *map(str, args), "--tile-size", "64",
+                                     "--overlap", "16"], catch_exceptions=False)
+
+
+def test_rerun_with_another_diameter_redoes_same_settings_skip(one_image, tmp_path, model_dir):
+    out = tmp_path / "out"
+    assert _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12").exit_code == 0
+    assert read_label_metadata(out / "a_labels.tif")["settings"]["diameter"] == 12.0
+    result = _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12")
+    assert "0 image(s) done, 1 skipped" in result.output and "redoing" not in result.output
+    result = _run(one_image, "-o", out, "--model", model_dir, "--diameter", "24")
+    assert result.exit_code == 0, result.output
+    assert "a.tif: settings changed (diameter): redoing" in result.output
+    assert "1 image(s) done, 0 skipped" in result.output
+    assert read_label_metadata(out / "a_labels.tif")["settings"]["diameter"] == 24.0
+
+
+def test_changed_model_files_redo_and_old_labels_count_as_done(one_image, tmp_path, model_dir):
+    out = tmp_path / "out"
+    _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in model_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    result = _run(one_image, "-o", out, "--model", copy, "--diameter", "12")
+    assert "settings changed (model_folder" in result.output and "1 image(s) done" in result.output
+    # labels of a version that stored no fingerprint are done, whatever the settings
+    write_labels(out / "a_labels.tif", read_labels(out / "a_labels.tif"),
+                 metadata={"model": "tiny"})
+    result = _run(one_image, "-o", out, "--model", model_dir, "--diameter", "30")
+    assert "0 image(s) done, 1 skipped" in result.output
+
+
+def test_bad_model_on_a_finished_folder_is_an_error_before_the_skip(one_image, tmp_path,
+                                                                   model_dir):
+    out = tmp_path / "out"
+    _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12")
+    result = _run(one_image, "-o", out, "--model", "nonexistent_model", "--diameter", "12")
+    assert result.exit_code == 2
+    assert "nonexistent_model: no model folder or shipped model" in result.output
+    assert "skipped" not in result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    result = _run(one_image, "-o", out, "--model", broken, "--diameter", "12")
+    assert result.exit_code == 1 and "unreadable JSON" in result.output
+    assert "skipped" not in result.output
+
+
+@pytest.fixture
+def wells(tmp_path, crop):
+    """plates/w1/img.tif and plates/w2/img.tif: two wells, one file name."""
+    for well in ("w1", "w2"):
+        (tmp_path / "plates" / well).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "plates" / well / "img.tif", crop)
+    return tmp_path / "plates"
+
+
+def test_double_star_glob_mirrors_wells_without_recursive(wells, tmp_path, model_dir):
+    names = sorted(str(name) for _, name in find_inputs([f"{wells}/**/*.tif"]))
+    assert names == ["w1/img", "w2/img"]
+    assert sorted(str(n) for _, n in find_inputs([f"{wells}/*/img.tif"])) == names
+    assert sorted(str(n) for _, n in find_inputs([wells], recursive=True)) == names
+    out = tmp_path / "out"
+    result = _run(f"{wells}/**/*.tif", "-o", out, "--model", model_dir, "--diameter", "12")
+    assert result.exit_code == 0 and "2 image(s) done" in result.output, result.output
+    assert (out / "w1" / "img_labels.tif").is_file() and (out / "w2" / "img_labels.tif").is_file()
+
+
+def test_only_true_collisions_are_errors(wells, tmp_path, model_dir):
+    # the same file through a folder and a glob is taken once
+    assert len(find_inputs([wells / "w1", f"{wells}/w1/*.tif"])) == 1
+    result = _run(f"{wells}/w1/*.tif", wells / "w2" / "img.tif", "-o", tmp_path / "out",
+                  "--model", model_dir, "--diameter", "12")
+    assert result.exit_code == 2 and "would write the same outputs" in result.output
+
+
+@pytest.mark.parametrize("given,message", [("missing.tif", "missing.tif: no such file"),
+                                           ("none/*.tif", "none/*.tif: no files match")])
+def test_missing_path_and_empty_glob_are_usage_errors(tmp_path, model_dir, given, message,
+                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _run(given, "-o", tmp_path / "out", "--model", model_dir)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_usage_errors_come_before_the_heavy_imports():
+    code = ("import sys; from cellvit_cli.cli import main\n"
+            "try: main(['segment', '--diameter', 'abc', 'x', '-o', 'y'])\n"
+            "except SystemExit as e: print(e.code, *sorted({'torch', 'scipy', 'cellpose', "
+            "'stardist'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["2"], done.stdout + done.stderr
