@@ -68,7 +68,9 @@ class _Diameter(click.ParamType):
               help="Model folder or shipped model name. [default: the shipped default model]")
 @click.option("--mode", type=click.Choice(MODE_CHOICES), default="auto", show_default=True,
               help="Which head(s) to decode; auto: the model's tuned default.")
-@click.option("--recursive", is_flag=True, help="Also take images from sub-folders.")
+@click.option("--recursive", is_flag=True,
+              help="Also take images from sub-folders of INPUT folders (a glob's ** always "
+                   "does); sub-folders are mirrored in OUT.")
 @click.option("--pattern", default=None,
               help="Only files of input folders whose name matches this glob, e.g. "
                    "'*_dapi.tif'. [default: *.tif, *.tiff]")
@@ -116,7 +118,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     \b
     Examples:
       cellvit segment sample_data -o out
-      cellvit segment 'plates/**/*.tif' --recursive -o out --diameter 25 --roi --measure
+      cellvit segment 'plates/**/*.tif' -o out --diameter 25 --roi --measure
       cellvit segment big_nuclei/ -o out             # object size estimated per image
     """
     if diameter != "auto" and scale is not None:
