@@ -10,7 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from cellvit_cli.cli import main
+from cellvit_cli.inference.fingerprint import changed_settings, settings_fingerprint
 from cellvit_cli.inference.inputs import find_inputs
+from cellvit_cli.inference.segmenter import SegmentSettings
 from cellvit_cli.io import read_label_metadata, read_labels, write_labels
 from cellvit_cli.modeling import ModelConfig, save_model_folder
 from cellvit_cli.samples import load_nuclei_sample
@@ -89,6 +91,21 @@ def test_bad_model_on_a_finished_folder_is_an_error_before_the_skip(one_image, t
     result = _run(one_image, "-o", out, "--model", broken, "--diameter", "12")
     assert result.exit_code == 1 and "unreadable JSON" in result.output
     assert "skipped" not in result.output
+
+
+def test_fingerprint_holds_what_decides_the_labels(model_dir):
+    base = settings_fingerprint(SegmentSettings(diameter=12), model_dir)
+    assert {"model_folder", "model_digest", "mode", "diameter", "scale", "channel",
+            "tile_size", "overlap", "block_mode"} <= set(base)
+    same = settings_fingerprint(SegmentSettings(diameter=12, roi=True, batch_size=4,
+                                                device="cpu", workers=1), model_dir)
+    assert changed_settings(base, same) == []  # exports, batching, device: same labels
+    other = settings_fingerprint(SegmentSettings(diameter=12, channel=1, overlap=32), model_dir)
+    assert changed_settings(base, other) == ["channel", "overlap"]
+    # a setting missing from labels written before it existed counts as its default
+    older = {k: v for k, v in base.items() if k != "overlap"}
+    assert changed_settings(older, base) == []
+    assert changed_settings(older, other) == ["channel", "overlap"]
 
 
 @pytest.fixture
