@@ -33,7 +33,9 @@ OUTPUT_SUFFIXES = {
     "measurements": "_cells.csv",
     "maps": "_maps.tif",  # write_maps turns it into _maps_<head>.tif
 }
-SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter")
+SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter", "axis_major_length",
+                    "axis_minor_length", "orientation", "equivalent_diameter_area")
+SHAPE_NAMES = {"equivalent_diameter_area": "equivalent_diameter"}  # regionprops -> ours
 MAP_CHANNEL_NAMES = {
     "flow": ["prob", "dy", "dx"],
     "boundary": ["fg", "boundary"],
@@ -176,26 +178,37 @@ def label_colours(values: np.ndarray) -> np.ndarray:
 # ---- measurements CSV -------------------------------------------------------------------------
 
 def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size=None,
-            shape_features: bool = True) -> dict[str, np.ndarray]:
+            shape_features: bool = True, channels=None, image_name: str | None = None
+            ) -> dict[str, np.ndarray]:
     """Per-object measurements as columns of equal length (one row per object, by label).
 
-    labels: (Y, X) int; image: (Y, X) or (C, Y, X) raw intensities, or None. Columns: label,
-    centroid_y, centroid_x, area (pixels), bbox_y0, bbox_x0, bbox_y1, bbox_x1 (end exclusive),
-    mean_intensity_c<k> per channel, eccentricity, solidity, perimeter (pixels) when
-    `shape_features`; area_um2 (and perimeter_um) when pixel_size (um, y then x) is given.
+    labels: (Y, X) int; image: (Y, X) or (C, Y, X) raw intensities, or None; channels:
+    the indices of `image`'s channels to measure (None: all). Columns: image (the name,
+    when `image_name` is given), label, centroid_y, centroid_x, area (pixels), bbox_y0,
+    bbox_x0, bbox_y1, bbox_x1 (end exclusive); per measured channel k (its index in
+    `image`): mean_intensity_c<k>, min_intensity_c<k>, max_intensity_c<k>,
+    integrated_intensity_c<k> (sum over the object); when `shape_features`: eccentricity,
+    solidity, perimeter, axis_major_length, axis_minor_length (pixels), orientation
+    (radians, skimage's convention), equivalent_diameter (pixels, of the circle of the
+    same area); area_um2 (and perimeter_um) when pixel_size (um, y then x) is given.
     """
-    intensity = None if image is None else np.moveaxis(_as_cyx(image), 0, -1)
+    image = None if image is None else _as_cyx(image)
+    channels = [] if image is None else list(range(len(image)) if channels is None else channels)
     properties = ["label", "centroid", "area", "bbox"]
-    properties += ["intensity_mean"] if intensity is not None else []
     properties += list(SHAPE_PROPERTIES) if shape_features else []
-    table = skmeasure.regionprops_table(labels, intensity_image=intensity,
-                                        properties=properties)
-    columns = _rename(table, n_channels=0 if intensity is None else intensity.shape[-1])
+    table = skmeasure.regionprops_table(labels, properties=properties)
+    columns = _rename(table)
+    for c in channels:
+        columns |= _intensity_columns(labels, image[c], c)
+    columns |= {SHAPE_NAMES.get(p, p): np.asarray(table[p]) for p in SHAPE_PROPERTIES
+                if p in table}
     if pixel_size is not None:
         py, px = (float(s) for s in pixel_size)
         columns["area_um2"] = columns["area"] * py * px
         if "perimeter" in columns:
             columns["perimeter_um"] = columns["perimeter"] * np.sqrt(py * px)
+    if image_name is not None:
+        columns = {"image": np.full(len(columns["label"]), image_name, object), **columns}
     return columns
 
 
@@ -204,25 +217,35 @@ def _as_cyx(image: np.ndarray) -> np.ndarray:
     return image[None] if image.ndim == 2 else image
 
 
-def _rename(table: dict, n_channels: int) -> dict[str, np.ndarray]:
-    """regionprops_table names -> ours, in a fixed column order."""
+def _rename(table: dict) -> dict[str, np.ndarray]:
+    """regionprops_table names of the label and box columns -> ours, in a fixed order."""
     names = {"label": "label", "centroid-0": "centroid_y", "centroid-1": "centroid_x",
              "area": "area", "bbox-0": "bbox_y0", "bbox-1": "bbox_x0",
              "bbox-2": "bbox_y1", "bbox-3": "bbox_x1"}
-    if n_channels == 1:
-        names["intensity_mean"] = "mean_intensity_c0"
-    names |= {f"intensity_mean-{c}": f"mean_intensity_c{c}" for c in range(n_channels)}
-    names |= {p: p for p in SHAPE_PROPERTIES}
-    columns = {ours: np.asarray(table[theirs]) for theirs, ours in names.items()
-               if theirs in table}
+    columns = {ours: np.asarray(table[theirs]) for theirs, ours in names.items()}
     columns["area"] = columns["area"].astype(np.int64)
     return columns
 
 
+def _intensity_columns(labels: np.ndarray, channel: np.ndarray, index: int
+                       ) -> dict[str, np.ndarray]:
+    """mean/min/max/integrated intensity of each object in one (Y, X) channel, named by
+    the channel's `index`."""
+    table = skmeasure.regionprops_table(labels, intensity_image=channel,
+                                        properties=["area", "intensity_mean", "intensity_min",
+                                                    "intensity_max"])
+    mean = np.asarray(table["intensity_mean"], np.float64)
+    return {f"mean_intensity_c{index}": mean,
+            f"min_intensity_c{index}": np.asarray(table["intensity_min"]),
+            f"max_intensity_c{index}": np.asarray(table["intensity_max"]),
+            f"integrated_intensity_c{index}": mean * np.asarray(table["area"])}
+
+
 def write_measurements(labels: np.ndarray, image: np.ndarray | None, path, pixel_size=None,
-                       shape_features: bool = True) -> None:
+                       shape_features: bool = True, channels=None,
+                       image_name: str | None = None) -> None:
     """Write `measure(...)` as a CSV with a header row; empty labels give the header only."""
-    columns = measure(labels, image, pixel_size, shape_features)
+    columns = measure(labels, image, pixel_size, shape_features, channels, image_name)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -231,6 +254,8 @@ def write_measurements(labels: np.ndarray, image: np.ndarray | None, path, pixel
 
 
 def _format(value) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, (np.integer, int)):
         return str(int(value))
     return f"{float(value):.6f}".rstrip("0").rstrip(".")

@@ -65,8 +65,34 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[: shape[0], : shape[1]]
 
 
+def check_percentiles(percentiles) -> tuple[float, float]:
+    """(low, high) as floats with 0 <= low < high <= 100; ValueError otherwise."""
+    try:
+        low, high = (float(p) for p in percentiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalisation percentiles must be two numbers LOW HIGH, "
+                         f"got {percentiles!r}") from None
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"normalisation percentiles must satisfy 0 <= LOW < HIGH <= 100, "
+                         f"got {low:g} {high:g}")
+    return low, high
+
+
+def averages_channels(n_channels: int, in_channels: int, channel: int | None = None) -> bool:
+    """Whether `to_channels` averages several channels into one for a one-channel model."""
+    return in_channels == 1 and channel is None and n_channels > 1
+
+
+def invert(image: np.ndarray) -> np.ndarray:
+    """1 - image of normalised data (dark objects on a bright background become bright)."""
+    return np.subtract(1.0, image, dtype=np.float32)
+
+
 def prepare(data: np.ndarray, in_channels: int, channel: int | None = None,
-            scale: float = 1.0) -> np.ndarray:
-    """Raw (C, Y, X) -> model input float32 (in_channels, Y*scale, X*scale), normalised."""
-    image = normalize_percentile(to_channels(data, in_channels, channel))
+            scale: float = 1.0, percentiles=PERCENTILES, inverted: bool = False
+            ) -> np.ndarray:
+    """Raw (C, Y, X) -> model input float32 (in_channels, Y*scale, X*scale), normalised
+    between `percentiles` (low, high) and, if `inverted`, turned to 1 - value."""
+    image = normalize_percentile(to_channels(data, in_channels, channel), *percentiles)
+    image = invert(image) if inverted else image
     return rescale(image, scale).astype(np.float32, copy=False)

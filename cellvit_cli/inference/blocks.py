@@ -70,6 +70,13 @@ def halo_for(median_diameter: float, scale: float = 1.0) -> int:
     return max(MIN_HALO, math.ceil(HALO_DIAMETERS * median_diameter / scale))
 
 
+def image_borders(outer: Slices, shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+    """Which sides (top, bottom, left, right) of the region `outer` are the borders of an
+    image of `shape`."""
+    ys, xs = outer
+    return ys.start == 0, ys.stop == shape[0], xs.start == 0, xs.stop == shape[1]
+
+
 def plan_blocks(shape: tuple[int, int], block_size: int, halo: int) -> list[list[Block]]:
     """Rows of blocks whose cores tile an image of `shape` (Y, X) without overlap."""
     if block_size < 1 or halo < 0:
@@ -250,7 +257,7 @@ class RegionSource:
     """Model input for any region of a big image, the same as whole-image preprocessing
     would give it: channel selection, percentile normalisation with the percentiles of the
     whole image (computed once, band by band, on the subsample `normalize_percentile`
-    uses), zoom by `scale`.
+    uses) at `percentiles` (low, high), 1 - value if `inverted`, zoom by `scale`.
 
     regions: has `shape` (C, Y, X) and `read(ys, xs) -> (C, y, x)` (e.g. TiffRegionReader).
     """
@@ -258,9 +265,12 @@ class RegionSource:
     BAND_ROWS = 1024
 
     def __init__(self, regions, in_channels: int, channel: int | None = None,
-                 scale: float = 1.0):
+                 scale: float = 1.0, percentiles=None, inverted: bool = False):
+        from cellvit_cli.preprocess import PERCENTILES
+
         self.regions, self.in_channels = regions, in_channels
         self.channel, self.scale = channel, scale
+        self.percentiles, self.inverted = percentiles or PERCENTILES, inverted
         self.shape = tuple(regions.shape[1:])
         self.low, self.high = self._percentiles()
 
@@ -270,25 +280,24 @@ class RegionSource:
         return to_channels(data, self.in_channels, self.channel)
 
     def _percentiles(self) -> tuple[np.ndarray, np.ndarray]:
-        from cellvit_cli.preprocess import PERCENTILES
-
         n_y, n_x = self.shape
         step = max(1, int(math.sqrt(n_y * n_x / SAMPLE_PIXELS)))
         band = step * math.ceil(self.BAND_ROWS / step)
         samples = [self._channels(self.regions.read(slice(y, y + band), slice(0, n_x)))
                    [:, ::step, ::step].astype(np.float32) for y in range(0, n_y, band)]
         sample = np.concatenate(samples, axis=1)
-        low, high = np.percentile(sample, PERCENTILES, axis=(1, 2))
+        low, high = np.percentile(sample, self.percentiles, axis=(1, 2))
         return low.astype(np.float32), high.astype(np.float32)
 
     def read(self, region: Slices, zoom: float | None = None) -> np.ndarray:
         """(in_channels, y * zoom, x * zoom) float32 model input of `region` of the image
         (zoom: `scale` if None)."""
-        from cellvit_cli.preprocess import rescale
+        from cellvit_cli.preprocess import invert, rescale
 
         data = self._channels(self.regions.read(*region)).astype(np.float32)
         for c, (low, high) in enumerate(zip(self.low, self.high)):
             data[c] = (data[c] - low) / max(high - low, 1e-6) if high > low else 0.0
+        data = invert(data) if self.inverted else data
         zoom = self.scale if zoom is None else zoom
         return rescale(data, zoom).astype(np.float32, copy=False)
 
@@ -313,7 +322,10 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
     try:
         with clock("read"):
             try:
-                source = RegionSource(regions, config.in_channels)
+                segmenter.warn_averaged(regions.shape[0], path)
+                source = RegionSource(regions, config.in_channels,
+                                      percentiles=settings.norm_percentiles,
+                                      inverted=settings.invert)
             except InputError:
                 raise
             except READ_ERRORS as err:  # the percentile pass reads every pixel once
@@ -333,7 +345,8 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
 
         def decode(maps, outer):
             with clock("decode"):
-                return segmenter.decode(maps, tuple(s.stop - s.start for s in outer))
+                labels = segmenter.decode(maps, tuple(s.stop - s.start for s in outer))
+                return segmenter.clean(labels, image_borders(outer, source.shape))
 
         extra = {} if metadata is None else {"description": json.dumps(
             {LABEL_METADATA_KEY: metadata(estimate)})}

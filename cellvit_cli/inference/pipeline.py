@@ -29,7 +29,8 @@ from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segme
                                              segment_array, segment_array_with_size)
 from cellvit_cli.inference.sizing import SizeEstimate
 from cellvit_cli.inference.summary import ImageRecord, write_summary
-from cellvit_cli.io import InputError, make_folder, read_image, temp_target, write_labels
+from cellvit_cli.io import (InputError, make_folder, read_image, select_channel, temp_target,
+                            write_labels)
 from cellvit_cli.preprocess import rescale, resize_labels
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class _Read:
     job: Job
     shape: tuple[int, int]
     pixel_size: tuple[float, float] | None
-    data: np.ndarray | None  # raw (C, Y, X), kept only for the overlay and measurements
+    data: np.ndarray | None  # raw (C, Y, X), all channels, kept for overlay and measurements
     estimate: SizeEstimate
     started: float
     ready: tuple[dict, np.ndarray] | None = None
@@ -241,9 +242,12 @@ def _load(job: Job, segmenter: Segmenter, clock: _Clock) -> tuple[_Read, np.ndar
     probes already segmented it or it goes to block mode)."""
     settings, started = segmenter.settings, time.perf_counter()
     with clock("read"):
-        image = read_image(job.path, settings.channel)
+        image = read_image(job.path)
+        data = (image.data if settings.channel is None
+                else select_channel(job.path, image.data, settings.channel))
         try:
-            x = segmenter.prepare(image.data)
+            settings.measured_channels(image.data.shape[0])  # in range
+            x = segmenter.prepare(data, name=job.path)
         except ValueError as err:
             raise InputError(job.path, str(err)) from err
     with clock("size"):
@@ -251,9 +255,9 @@ def _load(job: Job, segmenter: Segmenter, clock: _Clock) -> tuple[_Read, np.ndar
             estimate = segmenter.estimate_array(x)
         except ValueError as err:
             raise InputError(job.path, f"cannot estimate the object size: {err}") from err
-    check_zoom(job.path, image.data.shape[1:], estimate.zoom)
+    check_zoom(job.path, data.shape[1:], estimate.zoom)
     keep = settings.overlay or settings.measure
-    read = _Read(job, image.data.shape[1:], image.pixel_size, image.data if keep else None,
+    read = _Read(job, data.shape[1:], image.pixel_size, image.data if keep else None,
                  estimate, started, estimate.result)
     if read.ready is None and segmenter.scale is None and segmenter.uses_blocks(read.shape,
                                                                                 estimate.zoom):
@@ -338,6 +342,7 @@ def _finish(read: _Read, maps: dict, labels: np.ndarray | None, segmenter: Segme
             labels = segmenter.decode(maps, read.shape)
         else:
             labels = resize_labels(labels, read.shape)
+        labels = segmenter.clean(labels)
     with clock("write"):
         _write_outputs(read, maps, labels, segmenter)
     return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
@@ -346,12 +351,16 @@ def _finish(read: _Read, maps: dict, labels: np.ndarray | None, segmenter: Segme
 def _write_outputs(read: _Read, maps: dict, labels: np.ndarray, segmenter: Segmenter) -> None:
     """Write the exports asked for, then the labels (last: they mark the image done). When
     one fails, the outputs this call wrote are removed, so no partial set stays."""
-    outputs, size = read.job.outputs, read.pixel_size
+    outputs, size, data = read.job.outputs, read.pixel_size, read.data
+    settings = segmenter.settings
+    segmented = data if settings.channel is None or data is None else data[[settings.channel]]
+    measured = None if data is None else settings.measured_channels(len(data))
     writers = {  # each returns the paths it wrote, or None for just its own
         "rois": lambda path: export.write_roi_zip(labels, path),
         "geojson": lambda path: export.write_geojson(labels, path, size),
-        "overlay": lambda path: export.write_overlay(read.data, labels, path),
-        "measurements": lambda path: export.write_measurements(labels, read.data, path, size),
+        "overlay": lambda path: export.write_overlay(segmented, labels, path),
+        "measurements": lambda path: export.write_measurements(
+            labels, read.data, path, size, channels=measured, image_name=read.job.path.name),
         "maps": lambda path: export.write_maps(maps, path),
     }
     written: list[Path] = []

@@ -11,12 +11,16 @@ import numpy as np
 from cellvit_cli.inference.device import default_batch_size, resolve_device
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.inference.sizing import SizeEstimate, clamp_zoom, estimate_zoom
-from cellvit_cli.preprocess import prepare, rescale, resize_labels
+from cellvit_cli.postprocess.cleanup import ALL_BORDERS, clean_labels
+from cellvit_cli.preprocess import (PERCENTILES, averages_channels, check_percentiles, prepare,
+                                    rescale, resize_labels)
 
 log = logging.getLogger(__name__)
 
 BLOCK_MODES = ("auto", "on", "off")
 AUTO = "auto"
+ALL = "all"
+THRESHOLD_NAMES = ("prob_thresh", "nms_thresh", "flow_thresh", "fg_thresh", "boundary_thresh")
 
 
 @dataclass
@@ -30,6 +34,14 @@ class SegmentSettings:
     tile). block_mode: 'auto' (images above `pixel_budget` pixels after zoom), 'on' or
     'off'. workers: decoding threads (None: half the CPU cores, 1 to 4). progress: tqdm
     bars on stderr (shown on terminals only).
+
+    prob_thresh, nms_thresh, flow_thresh, fg_thresh, boundary_thresh: override the model's
+    thresholds.json for the decoding mode (None: the model's; a threshold the mode does not
+    use is a ValueError). min_size: objects under this many pixels (at the input's size)
+    are dropped; exclude_edges: so are those touching the image border. norm_percentiles:
+    (low, high) percentiles mapped to 0 and 1; invert: then 1 - value (dark objects on a
+    bright background). measure_channels: the channels measured ("all", or indices; None:
+    `channel` if given, else all).
     """
 
     model: str | os.PathLike | None = None
@@ -54,8 +66,21 @@ class SegmentSettings:
     pattern: str | None = None
     workers: int | None = None
     progress: bool = True
+    prob_thresh: float | None = None
+    nms_thresh: float | None = None
+    flow_thresh: float | None = None
+    fg_thresh: float | None = None
+    boundary_thresh: float | None = None
+    min_size: int = 0
+    exclude_edges: bool = False
+    norm_percentiles: tuple[float, float] = PERCENTILES
+    invert: bool = False
+    measure_channels: str | tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.norm_percentiles = check_percentiles(self.norm_percentiles)
+        self.measure_channels = _parse_channels(self.measure_channels)
+        check_thresholds(self.threshold_overrides, self.mode)
         self.diameter = _parse_diameter(self.diameter)
         if self.scale is not None and self.diameter != AUTO:
             raise ValueError("give diameter or scale, not both")
@@ -65,7 +90,8 @@ class SegmentSettings:
                   (self.block_mode in BLOCK_MODES, f"block mode must be one of {BLOCK_MODES}"),
                   (self.block_size >= 256, "block size must be >= 256"),
                   (self.scale is None or self.scale > 0, "scale must be > 0"),
-                  (self.channel is None or self.channel >= 0, "channel must be >= 0")]
+                  (self.channel is None or self.channel >= 0, "channel must be >= 0"),
+                  (self.min_size >= 0, "min size must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -76,10 +102,59 @@ class SegmentSettings:
         return self.scale is None and self.diameter == AUTO
 
     @property
+    def threshold_overrides(self) -> dict[str, float]:
+        """{threshold name: value} of the thresholds given (not None)."""
+        return {name: float(getattr(self, name)) for name in THRESHOLD_NAMES
+                if getattr(self, name) is not None}
+
+    def measured_channels(self, n_channels: int) -> list[int]:
+        """The channel indices of an image of `n_channels` that measurements cover;
+        ValueError for one out of range."""
+        chosen = self.measure_channels
+        if chosen is None:
+            chosen = ALL if self.channel is None else (self.channel,)
+        if chosen != ALL and max(chosen) >= n_channels:
+            raise ValueError(f"measure channel {max(chosen)} out of range: the image has "
+                             f"{n_channels} channel(s), numbered from 0")
+        return list(range(n_channels)) if chosen == ALL else list(chosen)
+
+    @property
     def exports(self) -> dict[str, bool]:
         """{output name in `export.OUTPUT_SUFFIXES`: asked for} of the optional outputs."""
         return {"rois": self.roi, "geojson": self.geojson, "overlay": self.overlay,
                 "measurements": self.measure, "maps": self.save_maps}
+
+
+def check_thresholds(overrides: dict[str, float], mode: str) -> None:
+    """ValueError for a threshold out of range, or (mode not 'auto') one `mode` does not use."""
+    from cellvit_cli.postprocess import DEFAULT_THRESHOLDS
+
+    for name, value in overrides.items():
+        high = math.inf if name == "flow_thresh" else 1.0
+        if not 0 <= value <= high:
+            raise ValueError(f"{name} must be between 0 and {high:g}, got {value:g}")
+    if mode == AUTO:
+        return
+    unused = sorted(set(overrides) - set(DEFAULT_THRESHOLDS[mode]))
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        uses = ", ".join("--" + name.replace("_", "-") for name in DEFAULT_THRESHOLDS[mode])
+        raise ValueError(f"{flags}: not used by mode {mode!r}, which takes {uses}")
+
+
+def _parse_channels(value) -> str | tuple[int, ...] | None:
+    """None, 'all' or channel indices (ints, or a '0,2' string) -> None, 'all' or a tuple."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == ALL):
+        return None if value is None else ALL
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        channels = tuple(int(str(item).strip()) for item in items)
+    except ValueError:
+        raise ValueError(f"measure channels must be 'all' or indices like 0,2, "
+                         f"got {value!r}") from None
+    if not channels or min(channels) < 0:
+        raise ValueError(f"measure channels must be 'all' or indices >= 0, got {value!r}")
+    return tuple(dict.fromkeys(channels))
 
 
 def _parse_diameter(value) -> float | str:
@@ -102,7 +177,7 @@ class Segmenter:
     """
 
     def __init__(self, loaded, settings: SegmentSettings, device=None):
-        from cellvit_cli.postprocess import auto_mode, required_heads
+        from cellvit_cli.postprocess import auto_mode, mode_thresholds, required_heads
 
         config = loaded.config
         self.loaded, self.settings = loaded, settings
@@ -112,6 +187,9 @@ class Segmenter:
         if not set(heads) <= set(config.heads):
             raise ValueError(f"mode {self.mode!r} needs head(s) {', '.join(heads)}; the model "
                              f"{loaded.path} has {', '.join(config.heads)}")
+        check_thresholds(settings.threshold_overrides, self.mode)
+        self.thresholds = {**(loaded.thresholds or {}), self.mode: {
+            **mode_thresholds(self.mode, loaded.thresholds), **settings.threshold_overrides}}
         self.device = device if device is not None else resolve_device(settings.device)
         network = DenseNetwork(loaded.model.to(self.device).eval(), heads)
         batch_size = settings.batch_size or default_batch_size(self.device)
@@ -137,15 +215,33 @@ class Segmenter:
             model = load_model_folder(model if model is not None else settings.model, device)
         return cls(model, settings, device)
 
-    def prepare(self, data: np.ndarray, zoom: float = 1.0) -> np.ndarray:
-        """Raw (C, Y, X) -> model input float32 (C_model, Y*zoom, X*zoom)."""
-        return prepare(data, self.loaded.config.in_channels, None, zoom)
+    def prepare(self, data: np.ndarray, zoom: float = 1.0, name=None) -> np.ndarray:
+        """Raw (C, Y, X) -> model input float32 (C_model, Y*zoom, X*zoom), normalised as
+        the settings say. `name` (the image's file): warn when its channels are averaged."""
+        if name is not None:
+            self.warn_averaged(data.shape[0], name)
+        settings = self.settings
+        return prepare(data, self.loaded.config.in_channels, None, zoom,
+                       settings.norm_percentiles, settings.invert)
+
+    def warn_averaged(self, n_channels: int, name) -> None:
+        """Log a warning naming `name` and --channel when a one-channel model would get the
+        mean of the image's `n_channels` channels."""
+        if averages_channels(n_channels, self.loaded.config.in_channels, self.settings.channel):
+            log.warning("%s: %d channels averaged into one for this one-channel model; "
+                        "choose one with --channel N (0-based)", name, n_channels)
+
+    def clean(self, labels: np.ndarray, borders=ALL_BORDERS) -> np.ndarray:
+        """Labels at the input's size without the objects under settings.min_size and, with
+        settings.exclude_edges, those touching `borders` (top, bottom, left, right)."""
+        return clean_labels(labels, self.settings.min_size, self.settings.exclude_edges,
+                            borders)
 
     def decode(self, maps: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
         """Labels (int32, `shape`) from maps of the zoomed image."""
         from cellvit_cli.postprocess import decode
 
-        labels = decode(maps, self.mode, self.loaded.thresholds)
+        labels = decode(maps, self.mode, self.thresholds)
         return resize_labels(labels, tuple(shape))
 
     def segment_input(self, x: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -185,7 +281,8 @@ def segment_array(image: np.ndarray, model=None, settings: SegmentSettings | Non
                   ) -> np.ndarray:
     """Segment one image held in memory.
 
-    image: (Y, X) or (C, Y, X), any real dtype; model: a `Segmenter` (built once, reused:
+    image: (Y, X), (C, Y, X) or channel-last RGB(A) (Y, X, 3|4) with Y, X > 4 (alpha
+    dropped), any real dtype; model: a `Segmenter` (built once, reused:
     its settings apply), a `LoadedModel`, a model folder or shipped name (None:
     settings.model, else the default model). Returns int32 labels (Y, X), 0 = background.
     The zoom is estimated unless the settings fix it (`segment_array_with_size` also
@@ -210,7 +307,7 @@ def segment_array_with_size(image: np.ndarray, model=None,
             raise ValueError(f"channel {settings.channel} out of range: the image has "
                              f"{data.shape[0]} channel(s)")
         data = data[settings.channel:settings.channel + 1]
-    x = segmenter.prepare(data)
+    x = segmenter.prepare(data, name="image")
     estimate = segmenter.estimate_array(x)
     if estimate.result is not None:
         maps, labels = estimate.result
@@ -218,7 +315,7 @@ def segment_array_with_size(image: np.ndarray, model=None,
         _fit_budget(estimate, data.shape[1:], settings.pixel_budget)
         maps = segmenter.predictor.predict(rescale(x, estimate.zoom))
         labels = segmenter.decode(maps, maps[segmenter.heads[0]].shape[1:])
-    return resize_labels(labels, data.shape[1:]), estimate
+    return segmenter.clean(resize_labels(labels, data.shape[1:])), estimate
 
 
 def _fit_budget(estimate: SizeEstimate, shape: tuple[int, int], pixel_budget: int) -> None:
@@ -233,8 +330,13 @@ def _fit_budget(estimate: SizeEstimate, shape: tuple[int, int], pixel_budget: in
 
 
 def _as_cyx(image: np.ndarray) -> np.ndarray:
+    """(Y, X), (C, Y, X) or channel-last RGB(A) (Y, X, 3|4), Y and X > 4 -> (C, Y, X),
+    without alpha."""
     data = np.asarray(image)
     data = data[np.newaxis] if data.ndim == 2 else data
     if data.ndim != 3:
-        raise ValueError(f"image must be (Y, X) or (C, Y, X), got shape {np.shape(image)}")
+        raise ValueError(f"image must be (Y, X), (C, Y, X) or RGB (Y, X, 3), "
+                         f"got shape {np.shape(image)}")
+    if data.shape[2] in (3, 4) and min(data.shape[:2]) > 4:
+        data = np.moveaxis(data[..., :3], -1, 0)
     return data
