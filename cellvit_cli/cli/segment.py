@@ -59,6 +59,47 @@ class _Diameter(click.ParamType):
         return "auto"
 
 
+def _check_percentiles(ctx, param, value):
+    """--norm-percentiles LOW HIGH, checked before the heavy imports."""
+    low, high = value
+    if not 0 <= low < high <= 100:
+        raise click.BadParameter(f"{low:g} {high:g}: give 0 <= LOW < HIGH <= 100", ctx, param)
+    return value
+
+
+_PROB = click.FloatRange(0, 1)
+_KNOBS = [  # (flags, click options); each name is a field of SegmentSettings
+    ("--prob-thresh", dict(type=_PROB, help="Object probability threshold (star, flow, fused).")),
+    ("--nms-thresh", dict(type=_PROB, help="Overlap above which star polygons are suppressed "
+                                          "(star, fused).")),
+    ("--flow-thresh", dict(type=click.FloatRange(min=0),
+                           help="Largest flow error of a kept mask (flow; as Cellpose's).")),
+    ("--fg-thresh", dict(type=_PROB, help="Foreground threshold (boundary, fused).")),
+    ("--boundary-thresh", dict(type=_PROB, help="Boundary threshold (boundary, fused).")),
+    ("--min-size", dict(type=click.IntRange(min=0), default=0, show_default=True, metavar="PX",
+                        help="Drop objects smaller than PX pixels (at the input's size).")),
+    ("--exclude-edges", dict(is_flag=True, help="Drop objects touching the image border.")),
+    ("--norm-percentiles", dict(type=float, nargs=2, default=(1.0, 99.8), show_default=True,
+                                metavar="LOW HIGH", callback=_check_percentiles,
+                                help="Intensity percentiles mapped to 0 and 1 per channel.")),
+    ("--invert", dict(is_flag=True, help="Invert intensities after normalisation (dark "
+                                         "nuclei on a bright background).")),
+    ("--measure-channels", dict(default=None, metavar="all|N,M",
+                                help="Channels --measure reports, columns named c<N>. "
+                                     "[default: --channel if given, else all]")),
+]
+_THRESHOLD_HELP = " [default: the model's thresholds.json]"
+
+
+def _knob_options(command):
+    """The decoding and clean-up options of `segment` (given to SegmentSettings as is)."""
+    for flag, options in reversed(_KNOBS):
+        if flag.endswith("-thresh"):
+            options = {**options, "help": options["help"] + _THRESHOLD_HELP}
+        command = click.option(flag, **options)(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True,
@@ -102,9 +143,10 @@ class _Diameter(click.ParamType):
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
 @click.option("--measure", is_flag=True, help="Also write <stem>_cells.csv (per-cell measures).")
 @click.option("--save-maps", is_flag=True, help="Also write the dense maps, one TIFF per head.")
+@_knob_options
 def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter, scale,
             batch_size, device, tile_size, overlap, block_mode, overwrite, roi, geojson, overlay,
-            measure, save_maps):
+            measure, save_maps, **knobs):
     """Segment the cells of INPUT images (TIFF files, folders, globs) into OUT labels.
 
     Writes OUT/<stem>_labels.tif per image (uint16, uint32 above 65,535 cells, with the
@@ -143,7 +185,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
             batch_size=batch_size, device=device, tile_size=tile_size, overlap=overlap,
             block_mode=block_mode, overwrite=overwrite, roi=roi, geojson=geojson,
             overlay=overlay, measure=measure, save_maps=save_maps, recursive=recursive,
-            pattern=pattern)
+            pattern=pattern, **knobs)
     except ValueError as err:
         raise click.UsageError(str(err))
     handler = _setup_logging()
