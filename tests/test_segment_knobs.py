@@ -171,6 +171,8 @@ def test_measure_channels_and_columns(tmp_path, nuclei, model_dir):
     result = _run(path, "-o", tmp_path / "out2", "--model", model_dir, "--measure",
                   "--measure-channels", "2")
     assert result.exit_code == 1 and "measure channel 2 out of range" in result.output
+    result = _run(path, "-o", tmp_path / "out3", "--measure-channels", "all")
+    assert result.exit_code == 2 and "need measure (--measure)" in result.output
 
 
 def test_segment_array_takes_channel_last_rgb(nuclei, segmenter):

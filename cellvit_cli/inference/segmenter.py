@@ -91,7 +91,9 @@ class SegmentSettings:
                   (self.block_size >= 256, "block size must be >= 256"),
                   (self.scale is None or self.scale > 0, "scale must be > 0"),
                   (self.channel is None or self.channel >= 0, "channel must be >= 0"),
-                  (self.min_size >= 0, "min size must be >= 0")]
+                  (self.min_size >= 0, "min size must be >= 0"),
+                  (self.measure_channels is None or self.measure,
+                   "measure channels (--measure-channels) need measure (--measure)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -229,7 +231,8 @@ class Segmenter:
         mean of the image's `n_channels` channels."""
         if averages_channels(n_channels, self.loaded.config.in_channels, self.settings.channel):
             log.warning("%s: %d channels averaged into one for this one-channel model; "
-                        "choose one with --channel N (0-based)", name, n_channels)
+                        "choose one with --channel N (0-based; SegmentSettings.channel)",
+                        name, n_channels)
 
     def clean(self, labels: np.ndarray, borders=ALL_BORDERS) -> np.ndarray:
         """Labels at the input's size without the objects under settings.min_size and, with
