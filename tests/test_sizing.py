@@ -44,10 +44,11 @@ def _threshold_model(x: np.ndarray) -> tuple[dict, np.ndarray]:
     return {}, ndi.label(x[0] > 0.5)[0]
 
 
-def _estimate(image: np.ndarray, whole_pixels=np.inf):
+def _estimate(image: np.ndarray, whole_pixels=np.inf, keep_band=1.0):
+    """The estimate with the stand-in model (keep_band 1: always zoom to TARGET)."""
     x = image[np.newaxis]
     return estimate_zoom(image.shape, lambda r, z: rescale(x[(slice(None), *r)], z),
-                         _threshold_model, TARGET, whole_pixels)
+                         _threshold_model, TARGET, whole_pixels, keep_band)
 
 
 @pytest.mark.parametrize("diameter", [5, 12, 20, 45, 100, 300])
@@ -58,6 +59,13 @@ def test_estimate_finds_objects_of_5_to_300_px(diameter):
     assert estimate.zoom * diameter == pytest.approx(TARGET, rel=0.15)
     assert estimate.note is None
     assert estimate.result is not None  # the last whole-image probe is the result
+
+
+@pytest.mark.parametrize("diameter, zoom", [(14, 1.0), (30, 1.0), (10, 2.0), (40, 0.5)])
+def test_objects_near_the_model_size_keep_zoom_one(diameter, zoom):
+    estimate = _estimate(_discs(diameter), keep_band=1.6)
+    assert estimate.diameter == pytest.approx(diameter, rel=0.15)
+    assert estimate.zoom == pytest.approx(zoom, rel=0.15)
 
 
 def test_estimate_on_crops_when_the_image_is_too_big_to_probe_whole():
@@ -209,7 +217,7 @@ def test_block_mode_uses_one_zoom_for_the_whole_image(tmp_path, segmenter):
 
 
 def test_an_image_zoomed_past_the_pixel_budget_goes_to_block_mode(tmp_path, segmenter):
-    image, _ = _zoomed_sample(0.5)  # 256 x 256, nuclei ~12 px -> zoom ~1.6
+    image, _ = _zoomed_sample(0.25)  # 128 x 128, nuclei ~6 px -> zoom ~3
     _write(tmp_path / "in", "small_nuclei.tif", image.astype(np.uint16))
     settings = SegmentSettings(pixel_budget=256 * 256, block_size=256, progress=False,
                                device="cpu")
@@ -217,7 +225,7 @@ def test_an_image_zoomed_past_the_pixel_budget_goes_to_block_mode(tmp_path, segm
     assert report.done == 1, report.failed
     with tifffile.TiffFile(tmp_path / "out" / "small_nuclei_labels.tif") as tif:
         assert tif.is_bigtiff and tif.pages.first.is_tiled  # written by block mode
-    assert float(report.images[0].zoom) > 1.3
+    assert float(report.images[0].zoom) > 2
 
 
 def test_segment_array_accepts_multichannel_images(segmenter):

@@ -4,7 +4,8 @@ The model segments reliably only near the object size it was trained at
 (`ModelConfig.median_diameter`). `estimate_zoom` measures the objects with the model
 itself: it segments the image at a probe zoom, takes the median equivalent-circle
 diameter of the objects found, and moves the zoom to bring that median to the training
-size, repeating while the zoom still moves by more than `TOLERANCE`.
+size, repeating while the zoom still moves by more than `TOLERANCE`. Objects already
+within `KEEP_BAND` of that size keep zoom 1.
 
 The first probe looks at half size, where objects of 8 to 128 px are measured well (on
 fluo_val the medians at zoom 0.5 and 1 agree within ~10 %) at a quarter of the cost. A
@@ -27,6 +28,7 @@ Read = Callable[[Slices, float], np.ndarray]          # (region, zoom) -> (C, y'
 Segment = Callable[[np.ndarray], tuple[dict, np.ndarray]]  # x -> (maps, int labels of x)
 
 TOLERANCE = 0.15          # stop once the zoom moves by less than this fraction
+KEEP_BAND = 1.6           # objects within this factor of the model's size keep zoom 1
 MAX_PROBES = 5
 MAX_TEXTURE = 0.1         # see _texture_inside
 MIN_FOLLOW = 0.2          # the median must move by at least this share of a zoom change
@@ -121,13 +123,16 @@ def clamp_zoom(zoom: float, shape: tuple[int, int]) -> float:
 
 
 def estimate_zoom(shape: tuple[int, int], read: Read, segment: Segment, target: float,
-                  whole_pixels: float = math.inf) -> SizeEstimate:
+                  whole_pixels: float = math.inf, keep_band: float = KEEP_BAND
+                  ) -> SizeEstimate:
     """Estimate the median object diameter of an image and the zoom for `target` px.
 
     shape: (Y, X) of the image; read(region, zoom): model input of a region at a zoom;
     segment(x): (maps, labels) of model input x; target: the model's training median
     diameter (px); whole_pixels: the largest zoomed image probed whole (larger ones are
-    probed on `N_CROPS` crops with the most contrast).
+    probed on `N_CROPS` crops with the most contrast); keep_band: objects whose first
+    measurement lies within target / keep_band .. target * keep_band keep zoom 1 (the
+    model saw such sizes unzoomed in training; on fluo_val, zooming them costs AP@0.75).
     """
     crops = _CropPicker(shape, read)
     probes: list[Probe] = []
@@ -140,7 +145,17 @@ def estimate_zoom(shape: tuple[int, int], read: Read, segment: Segment, target: 
     start = _first_probe(shape, run)
     if start is None:
         return _nothing_found(probes)
+    if abs(math.log(start.median / start.zoom / target)) <= math.log(keep_band):
+        return _at_zoom_one(start, probes)
     return _refine(start, shape, target, run, probes)
+
+
+def _at_zoom_one(probe: Probe, probes: list[Probe]) -> SizeEstimate:
+    """Zoom 1 for objects near the model's size (reusing a whole-image probe at zoom 1)."""
+    at_one = next((p for p in probes if p.zoom == 1.0 and p.result is not None), None)
+    return SizeEstimate(probe.median / probe.zoom, 1.0, None,
+                        [(p.zoom, p.median, p.count) for p in probes],
+                        at_one.result if at_one else None)
 
 
 def _first_probe(shape, run) -> Probe | None:
