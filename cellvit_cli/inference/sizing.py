@@ -31,6 +31,7 @@ TOLERANCE = 0.15          # stop once the zoom moves by less than this fraction
 KEEP_BAND = 1.6           # objects within this factor of the model's size keep zoom 1
 MAX_PROBES = 5
 MAX_TEXTURE = 0.1         # see _texture_inside
+TEXTURE_MIN_SIDE = 512    # px: smaller images skip the texture check
 MIN_FOLLOW = 0.2          # the median must move by at least this share of a zoom change
 ZOOM_RANGE = (1 / 32, 8.0)
 MIN_SIDE = 32             # px: a probe or the result is never smaller than this
@@ -183,9 +184,10 @@ def _first_probe(shape, run) -> Probe | None:
 
 def _unless_texture(probe: Probe, shape, run) -> Probe:
     """`probe`, or the 1/8 probe when that finds large objects that `probe`'s objects
-    are only texture inside (see `_texture_inside`)."""
+    are only texture inside (see `_texture_inside`). Skipped below `TEXTURE_MIN_SIDE` px,
+    where a probe costs more in overheads than in pixels and such objects are few."""
     coarse = LADDER[-1]
-    if probe.result is None or not _fits(shape, coarse.zoom):
+    if probe.result is None or min(shape) < TEXTURE_MIN_SIDE:
         return probe
     big = run(coarse.zoom)
     return big if _in_range(big, coarse) and _texture_inside(probe, big) else probe
