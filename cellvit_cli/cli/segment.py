@@ -129,6 +129,10 @@ def _knob_options(command):
                    "[default: 8 on a GPU, 1 on the CPU]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default="auto",
+              show_default=True,
+              help="Network precision; auto: bf16 on CUDA and on CPUs with AVX512-BF16 or AMX, "
+                   "else fp32.")
 @click.option("--tile-size", type=click.IntRange(min=16), default=512, show_default=True,
               help="Network tile size (px), rounded down to the model's patch multiple.")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
@@ -145,8 +149,8 @@ def _knob_options(command):
 @click.option("--save-maps", is_flag=True, help="Also write the dense maps, one TIFF per head.")
 @_knob_options
 def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter, scale,
-            batch_size, device, tile_size, overlap, block_mode, overwrite, roi, geojson, overlay,
-            measure, save_maps, **knobs):
+            batch_size, device, precision, tile_size, overlap, block_mode, overwrite, roi,
+            geojson, overlay, measure, save_maps, **knobs):
     """Segment the cells of INPUT images (TIFF files, folders, globs) into OUT labels.
 
     Writes OUT/<stem>_labels.tif per image (uint16, uint32 above 65,535 cells, with the
@@ -182,8 +186,8 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     try:
         settings = SegmentSettings(
             model=model, mode=mode, channel=channel, diameter=diameter, scale=scale,
-            batch_size=batch_size, device=device, tile_size=tile_size, overlap=overlap,
-            block_mode=block_mode, overwrite=overwrite, roi=roi, geojson=geojson,
+            batch_size=batch_size, device=device, precision=precision, tile_size=tile_size,
+            overlap=overlap, block_mode=block_mode, overwrite=overwrite, roi=roi, geojson=geojson,
             overlay=overlay, measure=measure, save_maps=save_maps, recursive=recursive,
             pattern=pattern, **knobs)
     except ValueError as err:

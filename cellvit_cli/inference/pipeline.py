@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS, check_zoom, segment_file_blocks
+from cellvit_cli.inference.device import precision_name
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
@@ -192,7 +193,8 @@ def _label_metadata(estimate: SizeEstimate, segmenter: Segmenter, job: Job) -> d
             "settings": job.fingerprint,
             "zoom": round(float(estimate.zoom), 6),
             "diameter_px": None if estimate.diameter is None else round(float(estimate.diameter), 3),
-            "size": "auto" if segmenter.scale is None else "fixed"}
+            "size": "auto" if segmenter.scale is None else "fixed",
+            "precision": precision_name(segmenter.predictor.dtype)}
 
 
 def _split_by_size(jobs: list[Job], segmenter: Segmenter) -> tuple[list[Job], list[Job]]:

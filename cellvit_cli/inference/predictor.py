@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellvit_cli.inference.device import autocast, is_out_of_memory
+from cellvit_cli.inference.device import is_out_of_memory, precision_autocast, resolve_precision
 from cellvit_cli.inference.tiling import Slices, Stitcher, pad_to_tiles, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,16 @@ class Predictor:
     network: (B, C, H, W) float32 tensor -> {head: (B, C_head, H, W)} activated maps
     (e.g. `DenseNetwork(model, heads)`); H and W are multiples of `size_multiple`.
     Tiles of `tile_size` overlapping by `overlap` go through the network `batch_size` at a
-    time on `device`, under `torch.inference_mode()` and, on CUDA, autocast (`amp`). On a
-    CUDA out-of-memory error the batch size is halved (with a warning) and the batch retried.
+    time on `device`, under `torch.inference_mode()` and autocast to the dtype of
+    `precision`: 'auto', 'fp32' or 'bf16' (see `device.resolve_precision`), or the dtype
+    it gives (None: fp32); `dtype` holds it. The maps come back as float32. On a CUDA
+    out-of-memory error the batch size is halved (with a warning) and the batch retried.
     `on_tiles(n)` is called after each batch with the number of tiles done.
     """
 
     def __init__(self, network: Network, *, device: torch.device | str = "cpu",
                  batch_size: int = 8, tile_size: int = 512, overlap: int = 64,
-                 size_multiple: int | None = None, amp: bool = True,
+                 size_multiple: int | None = None, precision: str | torch.dtype | None = "auto",
                  on_tiles: Callable[[int], None] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be >= 1")
@@ -93,7 +95,8 @@ class Predictor:
             raise ValueError(f"tile size {tile_size} is smaller than the model's size multiple "
                              f"{self.size_multiple}")
         self.overlap = overlap
-        self.amp = amp
+        self.dtype = (resolve_precision(precision, self.device) if isinstance(precision, str)
+                      else precision)
         self.on_tiles = on_tiles
         self.seconds = 0.0  # time spent running the network (incl. transfers)
 
@@ -191,7 +194,7 @@ class Predictor:
     def _forward(self, chunk: np.ndarray) -> Maps:
         start = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
-        with autocast(self.device, self.amp):
+        with precision_autocast(self.device, self.dtype):
             out = self.network(x)
         maps = {head: t.float().cpu().numpy() for head, t in out.items()}
         self.seconds += time.perf_counter() - start

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellvit_cli.inference.device import default_batch_size, resolve_device
+from cellvit_cli.inference.device import (PRECISION_CHOICES, default_batch_size,
+                                          resolve_device, resolve_precision)
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.inference.sizing import SizeEstimate, clamp_zoom, estimate_zoom
 from cellvit_cli.postprocess.cleanup import ALL_BORDERS, clean_labels
@@ -31,9 +32,10 @@ class SegmentSettings:
     training diameter / diameter; "auto" (or 0, the default) estimates it per image
     (`sizing.estimate_zoom`). scale: a fixed zoom instead (no estimate). batch_size: tiles
     per batch (None: 8 on a GPU, 1 on the CPU, where ViT-tiny takes ~180 MB per 512 px
-    tile). block_mode: 'auto' (images above `pixel_budget` pixels after zoom), 'on' or
-    'off'. workers: decoding threads (None: half the CPU cores, 1 to 4). progress: tqdm
-    bars on stderr (shown on terminals only).
+    tile). precision: 'auto' (bf16 on CUDA and on CPUs with native bf16, else fp32),
+    'fp32' or 'bf16' (`device.resolve_precision`). block_mode: 'auto' (images above
+    `pixel_budget` pixels after zoom), 'on' or 'off'. workers: decoding threads (None:
+    half the CPU cores, 1 to 4). progress: tqdm bars on stderr (shown on terminals only).
 
     prob_thresh, nms_thresh, flow_thresh, fg_thresh, boundary_thresh: override the model's
     thresholds.json for the decoding mode (None: the model's; a threshold the mode does not
@@ -51,6 +53,7 @@ class SegmentSettings:
     scale: float | None = None
     batch_size: int | None = None
     device: str = "auto"
+    precision: str = "auto"
     tile_size: int = 512
     overlap: int = 64
     block_mode: str = "auto"
@@ -82,9 +85,12 @@ class SegmentSettings:
         self.measure_channels = _parse_channels(self.measure_channels)
         check_thresholds(self.threshold_overrides, self.mode)
         self.diameter = _parse_diameter(self.diameter)
+        self.precision = str(self.precision).strip().lower()
         if self.scale is not None and self.diameter != AUTO:
             raise ValueError("give diameter or scale, not both")
         checks = [(self.batch_size is None or self.batch_size >= 1, "batch size must be >= 1"),
+                  (self.precision in PRECISION_CHOICES,
+                   f"precision must be one of {', '.join(PRECISION_CHOICES)}"),
                   (self.tile_size >= 16, "tile size must be >= 16"),
                   (0 <= self.overlap < self.tile_size, "overlap must be >= 0 and < tile size"),
                   (self.block_mode in BLOCK_MODES, f"block mode must be one of {BLOCK_MODES}"),
@@ -196,7 +202,8 @@ class Segmenter:
         network = DenseNetwork(loaded.model.to(self.device).eval(), heads)
         batch_size = settings.batch_size or default_batch_size(self.device)
         options = dict(device=self.device, batch_size=batch_size, tile_size=settings.tile_size,
-                       overlap=settings.overlap)
+                       overlap=settings.overlap,
+                       precision=resolve_precision(settings.precision, self.device))
         self.predictor = Predictor(network, **options)
         self.probe_predictor = Predictor(network, **options)  # size probes, in another thread
         if settings.scale is not None:
