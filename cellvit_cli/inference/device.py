@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (AVX512-BF16, AMX)
+CPUINFO = "/proc/cpuinfo"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -142,10 +143,10 @@ def cpu_flags() -> set[str]:
 
 
 def _cpuinfo() -> dict[str, str]:
-    """{key: value} of the first processor in /proc/cpuinfo; {} where it cannot be read."""
+    """{key: value} of the first processor in CPUINFO; {} where it cannot be read."""
     info: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(CPUINFO) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if not key.strip() and info:
