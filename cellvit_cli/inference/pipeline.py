@@ -92,7 +92,7 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     out_dir = Path(out_dir)
     found = find_inputs(inputs, settings.recursive, settings.pattern, out_dir)
     jobs = plan_jobs(found, out_dir, run_fingerprint(settings, model))
-    _prepare_folders(out_dir, jobs)
+    prepare_folders(out_dir, jobs)
     report = SegmentReport()
     segmenter = model if isinstance(model, Segmenter) else None
     if segmenter is None and settings.save_maps:  # which maps files to expect
@@ -100,26 +100,34 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     heads = segmenter.heads if segmenter is not None else ()
     todo = jobs_to_do(jobs, settings.exports, heads, settings.overwrite)
     report.skipped = len(jobs) - len(todo)
-    records = {job.path: _record(job, out_dir, "skipped") for job in jobs}
+    records = {job.path: record_of(job, out_dir, "skipped") for job in jobs}
     if todo:
         segmenter = segmenter or Segmenter.from_settings(settings, model)
-        clock = _Clock(report.stage_seconds)
-        whole, big = _split_by_size(todo, segmenter)
         with tqdm(total=len(jobs), initial=report.skipped, unit="image", desc="segment",
                   disable=None if settings.progress else True) as bar:
-            rerouted = _run_whole(whole, segmenter, report, bar, clock, records)
-            for job, estimate in [(job, None) for job in big] + rerouted:
-                _run_blocks(job, segmenter, report, clock, records, estimate)
-                bar.update()
+            run_jobs(todo, segmenter, report, records, bar)
         report.stage_seconds["network"] = (segmenter.predictor.seconds
                                            + segmenter.probe_predictor.seconds)
     report.images = [records[job.path] for job in jobs]
     report.seconds = time.perf_counter() - start
-    _write_summary(out_dir, report)
+    write_report_summary(out_dir, report)
     return report
 
 
-def _prepare_folders(out_dir: Path, jobs: list[Job]) -> None:
+def run_jobs(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, records: dict,
+             bar) -> None:
+    """Segment `jobs` (folders prepared, none done) with `segmenter`: counts, failures and
+    stage times go to `report`, figures to `records` ({path: ImageRecord}), one `bar`
+    (tqdm) step per image. The engine of `segment_paths`, and of each distributed task."""
+    clock = _Clock(report.stage_seconds)
+    whole, big = _split_by_size(jobs, segmenter)
+    rerouted = _run_whole(whole, segmenter, report, bar, clock, records)
+    for job, estimate in [(job, None) for job in big] + rerouted:
+        _run_blocks(job, segmenter, report, clock, records, estimate)
+        bar.update()
+
+
+def prepare_folders(out_dir: Path, jobs: list[Job]) -> None:
     """Create the output folders (InputError naming one that cannot be) and remove what a
     killed run left of these outputs: `io.atomic_path` temporary files. (A run writing the
     same outputs at the same time would lose its own: that would be a clash anyway.)"""
@@ -141,13 +149,13 @@ def _is_planned(target: Path | None, planned: set[Path]) -> bool:
                                      and target.with_name(f"{stem}_maps.tif") in planned)
 
 
-def _record(job: Job, out_dir: Path, status: str, **figures) -> ImageRecord:
+def record_of(job: Job, out_dir: Path, status: str, **figures) -> ImageRecord:
     labels = job.outputs["labels"]
     name = labels.relative_to(out_dir) if labels.is_relative_to(out_dir) else labels
     return ImageRecord(str(job.path), str(name), status, **figures)
 
 
-def _write_summary(out_dir: Path, report: SegmentReport) -> None:
+def write_report_summary(out_dir: Path, report: SegmentReport) -> None:
     try:
         write_summary(out_dir, report.images)
     except OSError as err:
