@@ -100,6 +100,31 @@ def _knob_options(command):
     return command
 
 
+def _check_cluster(ctx, param, value):
+    """--cluster: its form (and that dask.distributed is installed), checked before the run."""
+    if value is None:
+        return None
+    from cellvit_cli.inference.distributed import parse_cluster
+
+    try:
+        parse_cluster(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx, param)
+    return value
+
+
+def _segment(inputs, out_dir, settings, cluster):
+    """`segment_paths`, or on the dask cluster that `cluster` names."""
+    if cluster is None:
+        from cellvit_cli.inference.pipeline import segment_paths
+
+        return segment_paths(inputs, out_dir, settings)
+    from cellvit_cli.inference.distributed import open_client, segment_paths_distributed
+
+    with open_client(cluster) as client:
+        return segment_paths_distributed(inputs, out_dir, settings, client)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", required=True,
@@ -147,10 +172,14 @@ def _knob_options(command):
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (outlines).")
 @click.option("--measure", is_flag=True, help="Also write <stem>_cells.csv (per-cell measures).")
 @click.option("--save-maps", is_flag=True, help="Also write the dense maps, one TIFF per head.")
+@click.option("--cluster", default=None, metavar="local:N|ADDRESS|FILE", callback=_check_cluster,
+              help="Segment on a dask cluster, one task per image: local:N (N worker processes "
+                   "here), a scheduler address (tcp://HOST:PORT) or a scheduler file (*.json). "
+                   "See docs/distributed.md.")
 @_knob_options
 def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter, scale,
             batch_size, device, precision, tile_size, overlap, block_mode, overwrite, roi,
-            geojson, overlay, measure, save_maps, **knobs):
+            geojson, overlay, measure, save_maps, cluster, **knobs):
     """Segment the cells of INPUT images (TIFF files, folders, globs) into OUT labels.
 
     Writes OUT/<stem>_labels.tif per image (uint16, uint32 above 65,535 cells, with the
@@ -171,7 +200,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
         raise click.UsageError("give --diameter or --scale, not both")
     _check_inputs(inputs)  # before the heavy imports below
     from cellvit_cli.inference.device import resolve_device
-    from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths
+    from cellvit_cli.inference.pipeline import SegmentSettings
     from cellvit_cli.io import InputError
     from cellvit_cli.modeling import ModelFolderError, resolve_model
 
@@ -194,7 +223,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
         raise click.UsageError(str(err))
     handler = _setup_logging()
     try:
-        report = segment_paths(inputs, out_dir, settings)
+        report = _segment(inputs, out_dir, settings, cluster)
     except (ModelFolderError, InputError) as err:  # a damaged model, an unusable -o folder
         raise click.ClickException(str(err))
     except ValueError as err:  # no inputs, clashing outputs, a mode the model cannot decode

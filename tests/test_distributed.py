@@ -1,0 +1,185 @@
+"""`segment_paths_distributed` and `segment --cluster` on a LocalCluster of 2 worker
+processes, against the single-process `segment_paths`, with the tiny model of
+test_segment_cli.py (at its own size: --diameter 12, zoom 1)."""
+
+import csv
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import tifffile
+import torch
+from click.testing import CliRunner
+
+distributed = pytest.importorskip("distributed")
+
+from cellvit_cli.cli import main  # noqa: E402
+from cellvit_cli.inference.distributed import (parse_cluster,  # noqa: E402
+                                               segment_paths_distributed)
+from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
+from cellvit_cli.modeling import ModelConfig, save_model_folder  # noqa: E402
+from cellvit_cli.samples import load_nuclei_sample  # noqa: E402
+
+NAMES = ("a", "b", "c", "d")
+OPTIONS = dict(diameter=12.0, tile_size=128, overlap=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """test_segment_cli.py's tiny ViT whose star head sees packed round cells everywhere."""
+    torch.manual_seed(0)
+    config = ModelConfig(variant="vit_tiny_p16", heads=("star", "boundary"), median_diameter=12.0)
+    model = config.build()
+    last = model.heads["star"].body[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([4.0] + [0.6] * (last.bias.numel() - 1)))
+    return save_model_folder(tmp_path_factory.mktemp("model") / "tiny", model, config,
+                             {"default_mode": "star"})
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """The nuclei sample cut into 4 images of 256 x 256 px, and a corrupt TIFF."""
+    image, _ = load_nuclei_sample()
+    folder = tmp_path_factory.mktemp("in")
+    for i, name in enumerate(NAMES):
+        y, x = divmod(i, 2)
+        tifffile.imwrite(folder / f"{name}.tif", image[256 * y:256 * (y + 1), 256 * x:256 * (x + 1)])
+    (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(images, model_dir, tmp_path_factory):
+    """The single-process run's output folder."""
+    out = tmp_path_factory.mktemp("single")
+    report = segment_paths([images], out, SegmentSettings(model=model_dir, **OPTIONS))
+    assert report.done == 4 and len(report.failed) == 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def _labels(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / f"{name}_labels.tif").read_bytes() for name in NAMES}
+
+
+def _rows(folder: Path) -> list[dict]:
+    with open(folder / "summary.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_folder_matches_one_process_and_resumes(client, images, model_dir, reference, tmp_path):
+    settings = SegmentSettings(model=model_dir, **OPTIONS)
+    report = segment_paths_distributed([images], tmp_path, settings, client)
+    assert (report.done, report.skipped) == (4, 0)
+    assert len(report.failed) == 1 and "broken.tif" in report.failed[0]
+    assert _labels(tmp_path) == _labels(reference)  # byte-identical files
+    assert _rows(tmp_path) == _rows(reference)
+    assert report.cells == sum(int(row["cells"] or 0) for row in _rows(tmp_path))
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*_labels.tif")}
+    again = segment_paths_distributed([images], tmp_path, settings, client)
+    assert (again.done, again.skipped, len(again.failed)) == (0, 4, 1)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*_labels.tif")} == mtimes
+
+
+def test_shipped_model_same_labels(client, images, tmp_path):
+    """A trained model, whose labels differ from image to image: the workers (one torch
+    thread each) write the same bytes as one process."""
+    settings = SegmentSettings(diameter=17.0, progress=False)
+    single = segment_paths([images], tmp_path / "single", settings)
+    report = segment_paths_distributed([images], tmp_path / "dask", settings, client)
+    assert report.done == single.done == 4 and report.cells == single.cells > 80
+    assert len(set(_labels(tmp_path / "single").values())) == 4
+    assert _labels(tmp_path / "dask") == _labels(tmp_path / "single")
+
+
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
+def test_cli_cluster_local(images, model_dir, reference, tmp_path):
+    args = ["segment", str(images), "-o", str(tmp_path), "--model", str(model_dir),
+            "--diameter", "12", "--tile-size", "128", "--overlap", "32", "--cluster", "local:2"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert "4 image(s) done, 0 skipped, 1 failed" in result.output
+    assert result.output.count("broken.tif") == 1  # one line naming it
+    assert _labels(tmp_path) == _labels(reference)
+
+
+@pytest.mark.parametrize("spec,message", [("local:0", "N >= 1"), ("nowhere", "local:N"),
+                                          ("missing.json", "no such scheduler file")])
+def test_cluster_usage_errors(images, tmp_path, spec, message):
+    result = CliRunner().invoke(main, ["segment", str(images), "-o", str(tmp_path),
+                                       "--cluster", spec])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_parse_cluster(tmp_path):
+    (tmp_path / "scheduler.json").write_text("{}")
+    assert parse_cluster("local:3") == ("local", 3)
+    assert parse_cluster("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
+    assert parse_cluster(str(tmp_path / "scheduler.json"))[0] == "file"
+
+
+def test_without_dask_a_usage_error(images, tmp_path, monkeypatch):
+    import cellvit_cli.inference.distributed as module
+
+    monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)
+    result = CliRunner().invoke(main, ["segment", str(images), "-o", str(tmp_path),
+                                       "--cluster", "local:2"])
+    assert result.exit_code == 2 and "pip install 'cellvit-cli[distributed]'" in result.output
+
+
+def test_unreachable_scheduler(images, model_dir, tmp_path):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = CliRunner().invoke(main, ["segment", str(images), "-o", str(tmp_path),
+                                           "--model", str(model_dir), "--diameter", "12",
+                                           "--cluster", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 1 and "cannot reach the dask scheduler" in result.output
+
+
+class KillOnce(distributed.WorkerPlugin):
+    """Kills its worker process (SIGKILL) shortly after the first segment task of the run
+    starts executing anywhere (a marker file says it happened)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and str(key).startswith("cellvit-segment"):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
+
+
+def test_killed_worker_same_labels(client, images, model_dir, reference, tmp_path):
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack this module
+    marker = tmp_path / "killed"
+    client.register_plugin(KillOnce(str(marker)), name="kill-once")
+    try:
+        report = segment_paths_distributed([images], tmp_path / "out",
+                                           SegmentSettings(model=model_dir, **OPTIONS), client)
+    finally:
+        client.unregister_worker_plugin("kill-once")
+    assert marker.exists()
+    assert report.done == 4 and len(report.failed) == 1
+    assert _labels(tmp_path / "out") == _labels(reference)
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
