@@ -5,6 +5,7 @@ test_segment_cli.py (at its own size: --diameter 12, zoom 1)."""
 import csv
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,8 +18,8 @@ from click.testing import CliRunner
 distributed = pytest.importorskip("distributed")
 
 from cellvit_cli.cli import main  # noqa: E402
-from cellvit_cli.inference.distributed import (parse_cluster,  # noqa: E402
-                                               segment_paths_distributed)
+from cellvit_cli.cluster import parse_cluster  # noqa: E402
+from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa: E402
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
 from cellvit_cli.modeling import ModelConfig, save_model_folder  # noqa: E402
 from cellvit_cli.samples import load_nuclei_sample  # noqa: E402
@@ -124,6 +125,16 @@ def test_cluster_usage_errors(images, tmp_path, spec, message):
     assert result.exit_code == 2 and message in result.output
 
 
+def test_bad_cluster_comes_before_the_heavy_imports():
+    code = ("import sys; from cellvit_cli.cli import main\n"
+            "try: main(['segment', '--cluster', 'local:0', 'x', '-o', 'y'])\n"
+            "except SystemExit as e: print(e.code, *sorted({'torch', 'distributed'} "
+            "& set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.split() == ["2"], done.stdout + done.stderr
+
+
 def test_parse_cluster(tmp_path):
     (tmp_path / "scheduler.json").write_text("{}")
     assert parse_cluster("local:3") == ("local", 3)
@@ -132,7 +143,7 @@ def test_parse_cluster(tmp_path):
 
 
 def test_without_dask_a_usage_error(images, tmp_path, monkeypatch):
-    import cellvit_cli.inference.distributed as module
+    import cellvit_cli.cluster as module
 
     monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)
     result = CliRunner().invoke(main, ["segment", str(images), "-o", str(tmp_path),

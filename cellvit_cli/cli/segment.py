@@ -104,7 +104,7 @@ def _check_cluster(ctx, param, value):
     """--cluster: its form (and that dask.distributed is installed), checked before the run."""
     if value is None:
         return None
-    from cellvit_cli.inference.distributed import parse_cluster
+    from cellvit_cli.cluster import parse_cluster  # light: no torch, no dask
 
     try:
         parse_cluster(value)
@@ -119,7 +119,8 @@ def _segment(inputs, out_dir, settings, cluster):
         from cellvit_cli.inference.pipeline import segment_paths
 
         return segment_paths(inputs, out_dir, settings)
-    from cellvit_cli.inference.distributed import open_client, segment_paths_distributed
+    from cellvit_cli.cluster import open_client
+    from cellvit_cli.inference.distributed import segment_paths_distributed
 
     with open_client(cluster) as client:
         return segment_paths_distributed(inputs, out_dir, settings, client)

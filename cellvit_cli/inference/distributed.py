@@ -12,7 +12,6 @@ Huge single images are segmented by the one worker that gets them (block mode wi
 that worker); splitting one image's blocks over many workers is not done yet.
 """
 
-import importlib.util
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cellvit_cli.cluster import open_client, parse_cluster
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
 from cellvit_cli.inference.pipeline import (SegmentReport, prepare_folders, record_of,
@@ -32,9 +32,6 @@ from cellvit_cli.inference.segmenter import SegmentSettings, Segmenter, check_th
 from cellvit_cli.io import InputError
 
 log = logging.getLogger(__name__)
-
-LOCAL = "local:"
-INSTALL_HINT = "pip install 'cellvit-cli[distributed]'"
 
 __all__ = ["open_client", "parse_cluster", "segment_paths_distributed"]
 
@@ -207,48 +204,3 @@ def _captured_logs() -> Iterator[list[tuple[int, str]]]:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
-
-
-# --- clusters ---------------------------------------------------------------------------
-
-def parse_cluster(spec: str) -> tuple[str, str | int]:
-    """('local', N) for 'local:N', ('address', spec) for a scheduler address such as
-    'tcp://host:8786', ('file', spec) for a scheduler file (*.json); ValueError otherwise,
-    or when dask.distributed is not installed."""
-    if importlib.util.find_spec("distributed") is None:
-        raise ValueError(f"a cluster needs dask.distributed: {INSTALL_HINT}")
-    if spec.startswith(LOCAL):
-        count = spec[len(LOCAL):]
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"{spec!r}: give local:N with N >= 1 worker processes")
-        return "local", int(count)
-    if "://" in spec:
-        return "address", spec
-    if spec.endswith(".json"):
-        if not Path(spec).is_file():
-            raise ValueError(f"{spec}: no such scheduler file")
-        return "file", spec
-    raise ValueError(f"{spec!r}: give local:N, a scheduler address (tcp://HOST:PORT) or a "
-                     f"scheduler file (*.json)")
-
-
-@contextmanager
-def open_client(spec: str):
-    """A dask.distributed Client for `spec` (see `parse_cluster`), closed afterwards:
-    'local:N' starts a LocalCluster of N single-threaded worker processes (and stops it).
-    InputError naming `spec` when its scheduler cannot be reached."""
-    from distributed import Client, LocalCluster
-
-    kind, value = parse_cluster(spec)
-    if kind == "local":
-        with LocalCluster(n_workers=value, threads_per_worker=1, processes=True) as cluster, \
-                Client(cluster) as client:
-            yield client
-        return
-    options = {"address": value} if kind == "address" else {"scheduler_file": value}
-    try:
-        client = Client(**options)
-    except OSError as err:  # unreachable, timed out
-        raise InputError(spec, f"cannot reach the dask scheduler: {err}") from err
-    with client:
-        yield client
