@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import tifffile
-import torch
 from click.testing import CliRunner
 
 from cellvit_cli.cli import main
@@ -14,22 +13,14 @@ from cellvit_cli.inference.fingerprint import changed_settings, settings_fingerp
 from cellvit_cli.inference.inputs import find_inputs
 from cellvit_cli.inference.segmenter import SegmentSettings
 from cellvit_cli.io import read_label_metadata, read_labels, write_labels
-from cellvit_cli.modeling import ModelConfig, save_model_folder
 from cellvit_cli.samples import load_nuclei_sample
+from conftest import save_packed_cells_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A ViT-tiny folder whose star head sees packed round cells everywhere (no training)."""
-    torch.manual_seed(0)
-    config = ModelConfig(variant="vit_tiny_p16", heads=("star",), median_diameter=12.0)
-    model = config.build()
-    last = model.heads["star"].body[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(torch.tensor([4.0] + [0.6] * (last.bias.numel() - 1)))
-    return save_model_folder(tmp_path_factory.mktemp("model") / "tiny", model, config,
-                             {"default_mode": "star"})
+    """A ViT-tiny folder that sees packed round cells everywhere (see conftest)."""
+    return save_packed_cells_model(tmp_path_factory.mktemp("model") / "tiny", heads=("star",))
 
 
 @pytest.fixture(scope="module")
