@@ -78,7 +78,7 @@ def score_run(truth: dict[str, np.ndarray], out: Path, report) -> dict:
             "zooms": [float(r.zoom) for r in report.images]}
 
 
-def estimate_cost(pairs, model=None, repeats: int = 2) -> dict:
+def estimate_cost(pairs, model=None, precision: str = "auto", repeats: int = 2) -> dict:
     """Seconds of `segment_array_with_size` per image with the automatic size and with the
     zoom it found given by hand (no probes), interleaved image by image, best of
     `repeats`; their ratio is what the estimate costs."""
@@ -86,13 +86,15 @@ def estimate_cost(pairs, model=None, repeats: int = 2) -> dict:
 
     from cellvit_cli.inference import Segmenter, segment_array_with_size
 
-    auto = Segmenter.from_settings(SegmentSettings(model=model, progress=False))
+    auto = Segmenter.from_settings(SegmentSettings(model=model, precision=precision,
+                                                   progress=False))
     totals = {"auto": 0.0, "same zoom": 0.0}
     for image_path, _ in pairs:
         image = tifffile.imread(image_path)
         image = np.moveaxis(image, -1, 0) if image.ndim == 3 else image
         zoom = segment_array_with_size(image, auto)[1].zoom  # warm-up, and the zoom found
-        fixed = Segmenter(auto.loaded, SegmentSettings(scale=zoom, progress=False))
+        fixed = Segmenter(auto.loaded, SegmentSettings(scale=zoom, precision=precision,
+                                                       progress=False))
         for name, segmenter in (("auto", auto), ("same zoom", fixed)):
             times = []
             for _ in range(repeats):
@@ -111,13 +113,14 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--cost", action="store_true",
                         help="only time the estimate against the same zoom given by hand")
     args = parser.parse_args()
     pairs = pair_files(args.images, args.masks, read_ids(args.ids) if args.ids else None)
     print(f"{len(pairs)} images; CPU: {cpu_description()}")
     if args.cost:
-        totals = estimate_cost(pairs, args.model)
+        totals = estimate_cost(pairs, args.model, args.precision)
         print(f"segment_array_with_size, s per image: auto {totals['auto'] / len(pairs):.3f}, "
               f"the same zoom given {totals['same zoom'] / len(pairs):.3f}: the estimate "
               f"costs {totals['auto'] / totals['same zoom']:.2f}x")
@@ -130,7 +133,8 @@ def main() -> None:
             folder = Path(scratch) / f"x{zoom}"
             truth = write_set(pairs, zoom, folder / "images")
             for name in args.settings:
-                settings = SegmentSettings(model=args.model, progress=False, **SETTINGS[name])
+                settings = SegmentSettings(model=args.model, progress=False,
+                                           precision=args.precision, **SETTINGS[name])
                 report = segment_paths([folder / "images"], folder / name, settings)
                 r = score_run(truth, folder / name, report)
                 estimate = (f"{r['ratio_median']:.3f} | {r['within_15']:.0%}" if name == "auto"
