@@ -117,6 +117,19 @@ def test_cli_cluster_local(images, model_dir, reference, tmp_path):
     assert _labels(tmp_path) == _labels(reference)
 
 
+def test_cli_scheduler_address(client, images, model_dir, reference, tmp_path):
+    args = ["segment", str(images), "--model", str(model_dir), "--diameter", "12",
+            "--tile-size", "128", "--overlap", "32", "--cluster", client.scheduler.address]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "4 image(s) done, 0 skipped, 1 failed" in result.output
+    assert _labels(tmp_path / "out") == _labels(reference)
+    if not torch.cuda.is_available():  # the workers check the device: each image fails
+        result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "cuda"),
+                                           "--device", "cuda"])
+        assert result.exit_code == 1 and "0 image(s) done, 0 skipped, 5 failed" in result.output
+        assert "task failed: ValueError" in result.output and "CUDA" in result.output
+
+
 @pytest.mark.parametrize("spec,message", [("local:0", "N >= 1"), ("nowhere", "local:N"),
                                           ("missing.json", "no such scheduler file")])
 def test_cluster_usage_errors(images, tmp_path, spec, message):

@@ -210,7 +210,8 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     except ModelFolderError as err:
         raise click.BadParameter(str(err), param_hint="--model")
     try:
-        resolve_device(device)
+        if cluster is None or cluster.startswith("local:"):  # remote workers check their own
+            resolve_device(device)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--device")
     try:
