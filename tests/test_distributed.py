@@ -1,6 +1,6 @@
 """`segment_paths_distributed` and `segment --cluster` on a LocalCluster of 2 worker
-processes, against the single-process `segment_paths`, with the tiny model of
-test_segment_cli.py (at its own size: --diameter 12, zoom 1)."""
+processes, against the single-process `segment_paths`: with conftest's packed-cells model
+(at its own size: --diameter 12, zoom 1) and with the shipped model."""
 
 import csv
 import os
@@ -20,8 +20,8 @@ from cellvit_cli.cli import main  # noqa: E402
 from cellvit_cli.cluster import parse_cluster  # noqa: E402
 from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa: E402
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
-from cellvit_cli.modeling import ModelConfig, save_model_folder  # noqa: E402
 from cellvit_cli.samples import load_nuclei_sample  # noqa: E402
+from conftest import save_packed_cells_model  # noqa: E402
 
 NAMES = ("a", "b", "c", "d")
 OPTIONS = dict(diameter=12.0, tile_size=128, overlap=32, progress=False)
@@ -29,16 +29,8 @@ OPTIONS = dict(diameter=12.0, tile_size=128, overlap=32, progress=False)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """test_segment_cli.py's tiny ViT whose star head sees packed round cells everywhere."""
-    torch.manual_seed(0)
-    config = ModelConfig(variant="vit_tiny_p16", heads=("star", "boundary"), median_diameter=12.0)
-    model = config.build()
-    last = model.heads["star"].body[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(torch.tensor([4.0] + [0.6] * (last.bias.numel() - 1)))
-    return save_model_folder(tmp_path_factory.mktemp("model") / "tiny", model, config,
-                             {"default_mode": "star"})
+    """A ViT-tiny folder that sees packed round cells everywhere (see conftest)."""
+    return save_packed_cells_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
