@@ -489,12 +489,14 @@ def _image_error_line(result, *words) -> str:
 
 def _outputs(folder, stems=None) -> dict:
     """{name: content} of the outputs of `stems` (all when None) in `folder`: file bytes, or
-    {member: bytes} of a zip (zip members carry the time they were written); no summary."""
+    {member: bytes} of a zip (zip members carry the time they were written); no run-level
+    file (summary.csv, cells.csv)."""
     import zipfile
 
     found = {}
     for path in sorted(folder.iterdir()):
-        if path.name == "summary.csv" or path.name.startswith(".") or not path.is_file():
+        if (path.name in ("summary.csv", "cells.csv") or path.name.startswith(".")
+                or not path.is_file()):
             continue
         if stems is not None and not any(path.name.startswith(f"{stem}_")
                                          or path.name == f"{stem}.geojson" for stem in stems):

@@ -80,8 +80,8 @@ def test_exports_and_exit_code_zero(inputs, tmp_path, model_dir):
                   "--overlay", "--measure", "--save-maps", "--batch-size", "2")
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["a.geojson", "a_cells.csv", "a_labels.tif", "a_maps_star.tif",
-                     "a_overlay.png", "a_rois.zip", "summary.csv"]
+    assert names == ["a.geojson", "a_cells.csv", "a_labels.tif", "a_maps_boundary.tif",
+                     "a_maps_star.tif", "a_overlay.png", "a_rois.zip", "cells.csv", "summary.csv"]
     # asking for an export that is missing redoes the image
     (out / "a_rois.zip").unlink()
     result = _run(inputs / "a.tif", "-o", out, "--model", model_dir, "--roi")

@@ -179,3 +179,34 @@ def test_segment_array_takes_channel_last_rgb(nuclei, segmenter):
         np.testing.assert_array_equal(labels, expected)
     with pytest.raises(ValueError, match=r"RGB \(Y, X, 3\)"):
         segment_array(np.zeros((2, 3, 4, 5)), segmenter)
+
+
+def test_save_maps_writes_every_head_and_resume_expects_them(tmp_path, nuclei):
+    model = save_packed_cells_model(tmp_path / "tri", heads=("star", "boundary", "flow"))
+    tifffile.imwrite(tmp_path / "a.tif", nuclei)
+    out = tmp_path / "out"
+    result = _run(tmp_path / "a.tif", "-o", out, "--model", model, "--save-maps")
+    assert result.exit_code == 0, result.output
+    heads = {"star", "boundary", "flow"}
+    assert {p.name for p in out.glob("a_maps_*.tif")} == {f"a_maps_{h}.tif" for h in heads}
+    assert tifffile.imread(out / "a_maps_flow.tif").shape[0] == 3  # prob, dy, dx
+    (out / "a_maps_flow.tif").unlink()  # a head's map missing: the image is redone
+    report = segment_paths([tmp_path / "a.tif"], out, _settings(save_maps=True), model)
+    assert (report.done, report.skipped) == (1, 0) and (out / "a_maps_flow.tif").is_file()
+    report = segment_paths([tmp_path / "a.tif"], out, _settings(save_maps=True), model)
+    assert (report.done, report.skipped) == (0, 1)
+
+
+def test_measure_writes_one_cells_csv_for_the_run(tmp_path, nuclei, model_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, crop in [("b", nuclei[:, :80]), ("a", nuclei[:60])]:
+        tifffile.imwrite(folder / f"{name}.tif", crop)
+    out = tmp_path / "out"
+    assert _run(folder / "a.tif", "-o", out, "--model", model_dir, "--measure").exit_code == 0
+    result = _run(folder, "-o", out, "--model", model_dir, "--measure")  # a skipped, b done
+    assert result.exit_code == 0 and "1 skipped" in result.output, result.output
+    combined = _rows(out / "cells.csv")
+    assert combined == _rows(out / "a_cells.csv") + _rows(out / "b_cells.csv")
+    assert {r["image"] for r in combined} == {"a.tif", "b.tif"}
+    assert not list(out.glob(".*.tmp-*"))

@@ -27,7 +27,8 @@ from cellvit_cli.cluster import open_client, parse_cluster
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
 from cellvit_cli.inference.pipeline import (SegmentReport, prepare_folders, record_of,
-                                            run_jobs, write_report_summary)
+                                            run_jobs, write_report_summary,
+                                            write_run_cells)
 from cellvit_cli.inference.segmenter import SegmentSettings, Segmenter, check_thresholds
 from cellvit_cli.io import InputError
 
@@ -65,6 +66,8 @@ def segment_paths_distributed(inputs, out_dir, settings: SegmentSettings | None,
     report.images = [records[job.path] for job in jobs]
     report.seconds = time.perf_counter() - start
     write_report_summary(out_dir, report)
+    if settings.measure:
+        write_run_cells(out_dir, jobs, records)
     return report
 
 
@@ -80,9 +83,9 @@ def _settings_and_model(settings: SegmentSettings, model) -> tuple[SegmentSettin
 
 
 def model_heads(settings: SegmentSettings, model=None) -> tuple[str, ...]:
-    """The heads a Segmenter of `settings` decodes, read from the model folder (`model`,
-    else settings.model) without loading the weights; ValueError, as `Segmenter` raises,
-    for a mode or threshold the model cannot use."""
+    """The heads whose maps a Segmenter of `settings` computes (`Segmenter.map_heads`), read
+    from the model folder (`model`, else settings.model) without loading the weights;
+    ValueError, as `Segmenter` raises, for a mode or threshold the model cannot use."""
     from cellvit_cli.modeling.folder import read_config, read_thresholds, resolve_model
     from cellvit_cli.postprocess import auto_mode, required_heads
 
@@ -94,7 +97,7 @@ def model_heads(settings: SegmentSettings, model=None) -> tuple[str, ...]:
         raise ValueError(f"mode {mode!r} needs head(s) {', '.join(heads)}; the model "
                          f"{folder} has {', '.join(config.heads)}")
     check_thresholds(settings.threshold_overrides, mode)
-    return heads
+    return tuple(config.heads) if settings.save_maps else heads
 
 
 def _run_tasks(client, jobs: list[Job], settings: SegmentSettings, model,

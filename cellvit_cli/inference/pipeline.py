@@ -6,6 +6,7 @@ per batch, and decoder threads decode and write finished images beside it. Image
 pixel budget go through block mode (`blocks.py`). One image in memory: `segment_array`.
 """
 
+import csv
 import logging
 import os
 import threading
@@ -29,7 +30,8 @@ from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
                                              segment_array, segment_array_with_size)
 from cellvit_cli.inference.sizing import SizeEstimate
-from cellvit_cli.inference.summary import ImageRecord, write_summary
+from cellvit_cli.inference.summary import (CELLS_FILE, ImageRecord, write_cells_table,
+                                           write_summary)
 from cellvit_cli.io import (InputError, make_folder, read_image, select_channel, temp_target,
                             write_labels)
 from cellvit_cli.preprocess import rescale, resize_labels
@@ -81,7 +83,8 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
                   model=None) -> SegmentReport:
     """Segment TIFF files, folders or globs into `out_dir`; see `SegmentSettings`.
 
-    Writes OUT/<stem>_labels.tif per image (and the exports asked for) and OUT/summary.csv;
+    Writes OUT/<stem>_labels.tif per image (and the exports asked for) and OUT/summary.csv
+    (with measure, also OUT/cells.csv: the cells of every image, `write_run_cells`);
     images whose outputs all exist are skipped unless `settings.overwrite`. An image that
     cannot be read, segmented or written is logged (one line naming it) and listed in the
     report's `failed`, with none of its outputs of this run left behind; the others are
@@ -97,7 +100,7 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     segmenter = model if isinstance(model, Segmenter) else None
     if segmenter is None and settings.save_maps:  # which maps files to expect
         segmenter = Segmenter.from_settings(settings, model)
-    heads = segmenter.heads if segmenter is not None else ()
+    heads = segmenter.map_heads if segmenter is not None else ()
     todo = jobs_to_do(jobs, settings.exports, heads, settings.overwrite)
     report.skipped = len(jobs) - len(todo)
     records = {job.path: record_of(job, out_dir, "skipped") for job in jobs}
@@ -111,6 +114,8 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     report.images = [records[job.path] for job in jobs]
     report.seconds = time.perf_counter() - start
     write_report_summary(out_dir, report)
+    if settings.measure:
+        write_run_cells(out_dir, jobs, records)
     return report
 
 
@@ -160,6 +165,18 @@ def write_report_summary(out_dir: Path, report: SegmentReport) -> None:
         write_summary(out_dir, report.images)
     except OSError as err:
         log.warning("%s: cannot write the run summary: %s", out_dir, err)
+
+
+def write_run_cells(out_dir: Path, jobs: list[Job], records: dict) -> None:
+    """Write OUT/cells.csv: the rows of the `<stem>_cells.csv` of every job done or skipped
+    that has one, in input order (a warning, not an error, when it cannot be written)."""
+    tables = [job.outputs["measurements"] for job in jobs
+              if records[job.path].status in ("done", "skipped")
+              and job.outputs["measurements"].is_file()]
+    try:
+        write_cells_table(out_dir, tables)
+    except (OSError, ValueError, csv.Error) as err:  # a CSV unreadable, or no room
+        log.warning("%s: cannot write the run's %s: %s", out_dir, CELLS_FILE, err)
 
 
 def _fail(report: SegmentReport, err: Exception, records: dict | None = None,

@@ -182,6 +182,8 @@ class Segmenter:
     """A model ready to segment: decoding mode, thresholds, zoom and a `Predictor`.
 
     `scale` is the fixed zoom, or None when it is estimated per image (`estimate`).
+    `heads`: those the mode decodes; `map_heads`: those the network computes (every head of
+    the model with settings.save_maps, else `heads`).
     """
 
     def __init__(self, loaded, settings: SegmentSettings, device=None):
@@ -195,11 +197,12 @@ class Segmenter:
         if not set(heads) <= set(config.heads):
             raise ValueError(f"mode {self.mode!r} needs head(s) {', '.join(heads)}; the model "
                              f"{loaded.path} has {', '.join(config.heads)}")
+        self.map_heads = tuple(config.heads) if settings.save_maps else heads
         check_thresholds(settings.threshold_overrides, self.mode)
         self.thresholds = {**(loaded.thresholds or {}), self.mode: {
             **mode_thresholds(self.mode, loaded.thresholds), **settings.threshold_overrides}}
         self.device = device if device is not None else resolve_device(settings.device)
-        network = DenseNetwork(loaded.model.to(self.device).eval(), heads)
+        network = DenseNetwork(loaded.model.to(self.device).eval(), self.map_heads)
         batch_size = settings.batch_size or default_batch_size(self.device)
         options = dict(device=self.device, batch_size=batch_size, tile_size=settings.tile_size,
                        overlap=settings.overlap,

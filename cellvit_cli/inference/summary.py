@@ -1,4 +1,5 @@
-"""The run summary that `segment_paths` writes: OUT/summary.csv, one row per input image."""
+"""The run summary that `segment_paths` writes: OUT/summary.csv, one row per input image;
+with measurements, also OUT/cells.csv, the cells of every image."""
 
 import csv
 import math
@@ -8,6 +9,7 @@ from pathlib import Path
 from cellvit_cli.io import atomic_path
 
 SUMMARY_FILE = "summary.csv"
+CELLS_FILE = "cells.csv"
 
 
 @dataclass
@@ -48,6 +50,27 @@ def write_summary(out_dir: Path, records: list[ImageRecord]) -> Path:
     names = [f.name for f in fields(ImageRecord)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, names, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_cells_table(out_dir: Path, tables: list[Path]) -> Path:
+    """Write OUT/cells.csv (atomic): the rows of the per-image measurement CSVs `tables`, in
+    that order, under the union of their headers (a column an image lacks is left empty).
+    Writes nothing when `tables` is empty; returns the path."""
+    path = Path(out_dir) / CELLS_FILE
+    if not tables:
+        return path
+    names: dict[str, None] = {}
+    rows: list[dict] = []
+    for table in tables:
+        with open(table, newline="") as f:
+            reader = csv.DictReader(f)
+            names.update(dict.fromkeys(reader.fieldnames or []))
+            rows.extend(reader)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(names), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path
