@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 from cellvit_cli.cluster import open_client, parse_cluster
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
-from cellvit_cli.inference.pipeline import (SegmentReport, prepare_folders, record_of,
-                                            run_jobs, write_report_summary,
-                                            write_run_cells)
+from cellvit_cli.inference.pipeline import (SegmentReport, finish_report, prepare_folders,
+                                            record_of, run_jobs)
 from cellvit_cli.inference.segmenter import SegmentSettings, Segmenter, check_thresholds
 from cellvit_cli.io import InputError
 
@@ -63,12 +62,7 @@ def segment_paths_distributed(inputs, out_dir, settings: SegmentSettings | None,
                   disable=None if settings.progress else True) as bar:
             _run_tasks(client, todo, settings, spec, report, records, bar)
         prepare_folders(out_dir, todo)  # temporary files of tasks whose worker died
-    report.images = [records[job.path] for job in jobs]
-    report.seconds = time.perf_counter() - start
-    write_report_summary(out_dir, report)
-    if settings.measure:
-        write_run_cells(out_dir, jobs, records)
-    return report
+    return finish_report(report, out_dir, jobs, records, settings, start)
 
 
 def _settings_and_model(settings: SegmentSettings, model) -> tuple[SegmentSettings, object]:

@@ -111,6 +111,13 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
             run_jobs(todo, segmenter, report, records, bar)
         report.stage_seconds["network"] = (segmenter.predictor.seconds
                                            + segmenter.probe_predictor.seconds)
+    return finish_report(report, out_dir, jobs, records, settings, start)
+
+
+def finish_report(report: SegmentReport, out_dir: Path, jobs: list[Job], records: dict,
+                  settings: SegmentSettings, start: float) -> SegmentReport:
+    """Close a run: the per-image records in input order, the wall time since `start`,
+    OUT/summary.csv and (with --measure) OUT/cells.csv."""
     report.images = [records[job.path] for job in jobs]
     report.seconds = time.perf_counter() - start
     write_report_summary(out_dir, report)
