@@ -24,6 +24,7 @@ from cellvit_cli.postprocess import available_modes, decode
 from cellvit_cli.preprocess import prepare
 from cellvit_cli.training.data import Sample, pair_files, read_ids
 from cellvit_cli.training.validate import validation_maps
+from splits import add_split_arguments
 
 
 def score_modes(model_dir, images: Path, masks: Path, ids: list[str] | None, device: str = "auto"
@@ -59,9 +60,7 @@ def record(model_dir: Path, name: str, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder or shipped name")
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--masks", type=Path, required=True)
-    parser.add_argument("--ids", type=Path, help="file of image stems to use")
+    add_split_arguments(parser)
     parser.add_argument("--name", default="data", help="name of the split, e.g. test_fluo")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--record", action="store_true", help="write into the model's scores.json")

@@ -14,7 +14,6 @@ seconds spent in the network (`Segmenter.predictor.seconds`). Issue 11's targets
 """
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -24,7 +23,7 @@ from cellvit_cli.inference import SegmentSettings, Segmenter, segment_array
 from cellvit_cli.inference.device import cpu_description, precision_name
 from cellvit_cli.io import read_labels
 from cellvit_cli.modeling import load_model_folder
-from cellvit_cli.training.data import pair_files, read_ids
+from splits import add_split_arguments, split_pairs
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -83,13 +82,11 @@ def report(result: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--masks", type=Path, required=True)
-    parser.add_argument("--ids", type=Path)
+    add_split_arguments(parser)
     parser.add_argument("--model", default=None, help="model folder or name (default: shipped)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    pairs = pair_files(args.images, args.masks, read_ids(args.ids) if args.ids else None)
+    pairs = split_pairs(args)
     print(f"{len(pairs)} images; CPU: {cpu_description()}", flush=True)
     print("\n".join(report(run_pairs(pairs, args.model, args.device))))
 

@@ -26,7 +26,7 @@ from cellvit_cli.inference import SegmentSettings, segment_paths
 from cellvit_cli.inference.device import cpu_description
 from cellvit_cli.inference.sizing import object_diameters
 from cellvit_cli.io import read_labels
-from cellvit_cli.training.data import pair_files, read_ids
+from splits import add_split_arguments, split_pairs
 
 ZOOMS = (0.5, 1.0, 2.0, 4.0)
 SETTINGS = {"auto": {}, "zoom 1": {"scale": 1.0}}  # the default, and the old default
@@ -107,9 +107,7 @@ def estimate_cost(pairs, model=None, precision: str = "auto", repeats: int = 2) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--masks", type=Path, required=True)
-    parser.add_argument("--ids", type=Path)
+    add_split_arguments(parser)
     parser.add_argument("--model", default=None)
     parser.add_argument("--zooms", type=float, nargs="+", default=list(ZOOMS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -117,7 +115,7 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true",
                         help="only time the estimate against the same zoom given by hand")
     args = parser.parse_args()
-    pairs = pair_files(args.images, args.masks, read_ids(args.ids) if args.ids else None)
+    pairs = split_pairs(args)
     print(f"{len(pairs)} images; CPU: {cpu_description()}")
     if args.cost:
         totals = estimate_cost(pairs, args.model, args.precision)
