@@ -50,3 +50,18 @@ def save_packed_cells_model(folder, heads=("star", "boundary")):
         last.weight.zero_()
         last.bias.copy_(torch.tensor([4.0] + [0.6] * (last.bias.numel() - 1)))
     return save_model_folder(folder, model, config, {"default_mode": "star"})
+
+
+def exit_code_and_heavy_imports(argv: list[str], modules: set[str]) -> list[str]:
+    """Run `cellvit ARGV` in a fresh interpreter; [exit code, *the `modules` it had imported
+    by then], as strings: how to check that an error comes before the heavy imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cellvit_cli.cli import main\n"
+            f"try: main({argv!r})\n"
+            f"except SystemExit as e: print(e.code, *sorted(set({sorted(modules)!r}) "
+            "& set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    return done.stdout.split() or [done.stderr]

@@ -5,7 +5,6 @@ processes, against the single-process `segment_paths`: with conftest's packed-ce
 import csv
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from cellvit_cli.cluster import parse_cluster  # noqa: E402
 from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa: E402
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
 from cellvit_cli.samples import load_nuclei_sample  # noqa: E402
-from conftest import save_packed_cells_model  # noqa: E402
+from conftest import exit_code_and_heavy_imports, save_packed_cells_model  # noqa: E402
 
 NAMES = ("a", "b", "c", "d")
 OPTIONS = dict(diameter=12.0, tile_size=128, overlap=32, progress=False)
@@ -130,13 +129,7 @@ def test_cluster_usage_errors(images, tmp_path, spec, message):
 
 
 def test_bad_cluster_comes_before_the_heavy_imports():
-    code = ("import sys; from cellvit_cli.cli import main\n"
-            "try: main(['segment', '--cluster', 'local:0', 'x', '-o', 'y'])\n"
-            "except SystemExit as e: print(e.code, *sorted({'torch', 'distributed'} "
-            "& set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.stdout.split() == ["2"], done.stdout + done.stderr
+    assert exit_code_and_heavy_imports(['segment', '--cluster', 'local:0', 'x', '-o', 'y'], {'torch', 'distributed'}) == ["2"]
 
 
 def test_parse_cluster(tmp_path):

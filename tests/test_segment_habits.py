@@ -1,8 +1,6 @@
 """`cellvit segment` as Cellpose/StarDist users run it: reruns with other settings, globs
 over wells, exit codes, usage errors before the heavy imports (issue 15, points 1, 8, 10)."""
 
-import subprocess
-import sys
 
 import pytest
 import tifffile
@@ -14,7 +12,7 @@ from cellvit_cli.inference.inputs import find_inputs
 from cellvit_cli.inference.segmenter import SegmentSettings
 from cellvit_cli.io import read_label_metadata, read_labels, write_labels
 from cellvit_cli.samples import load_nuclei_sample
-from conftest import save_packed_cells_model
+from conftest import exit_code_and_heavy_imports, save_packed_cells_model
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +135,4 @@ def test_missing_path_and_empty_glob_are_usage_errors(tmp_path, model_dir, given
 
 
 def test_usage_errors_come_before_the_heavy_imports():
-    code = ("import sys; from cellvit_cli.cli import main\n"
-            "try: main(['segment', '--diameter', 'abc', 'x', '-o', 'y'])\n"
-            "except SystemExit as e: print(e.code, *sorted({'torch', 'scipy', 'cellpose', "
-            "'stardist'} & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.stdout.split() == ["2"], done.stdout + done.stderr
+    assert exit_code_and_heavy_imports(['segment', '--diameter', 'abc', 'x', '-o', 'y'], {'torch', 'scipy', 'cellpose', 'stardist'}) == ["2"]
