@@ -19,15 +19,15 @@ def conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seque
 class ConvStem(nn.Module):
     """Shallow CNN giving full-resolution detail that patch tokens lose.
 
-    Input (B, in_channels, H, W). Output: maps at strides 1, 2, 4, ... (one per entry of
-    `channels`), map i of shape (B, channels[i], H / 2**i, W / 2**i).
+    Input (B, in_channels, H, W). Output: maps at strides s, 2s, 4s, ... (s = `first_stride`,
+    one map per entry of `channels`), map i of shape (B, channels[i], H / (s 2**i), W / (s 2**i)).
     """
 
-    def __init__(self, in_channels: int, channels: Sequence[int]):
+    def __init__(self, in_channels: int, channels: Sequence[int], first_stride: int = 1):
         super().__init__()
         ins = [in_channels, *channels[:-1]]
         self.stages = nn.ModuleList(
-            conv_block(c_in, c_out, stride=1 if i == 0 else 2)
+            conv_block(c_in, c_out, stride=first_stride if i == 0 else 2)
             for i, (c_in, c_out) in enumerate(zip(ins, channels)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -39,11 +39,11 @@ class ConvStem(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """Fuses ViT feature maps (stride `patch_size`) with stem maps (strides 1 .. patch_size/2).
+    """Fuses ViT feature maps (stride `patch_size`) with stem maps (strides s .. patch_size/2).
 
     The ViT maps are concatenated and projected, then upsampled by 2 repeatedly; at each
     stride the stem map of that stride is concatenated and refined. Output (B, channels[0],
-    H, W) at full resolution.
+    H / s, W / s) at the stride s of the first stem map.
     """
 
     def __init__(self, vit_channels: int, n_vit_maps: int, stem_channels: Sequence[int]):

@@ -12,13 +12,23 @@ from cellvit_cli.targets import head_channels
 DIST_SCALE = 10.0  # the star head predicts ray lengths in units of 10 px, kept near 1
 
 
-class DenseHead(nn.Module):
-    """3x3 conv + GELU + 1x1 conv: (B, in_channels, H, W) -> (B, out_channels, H, W)."""
+def head_trunk(channels: int) -> nn.Sequential:
+    """3x3 conv + GELU, (B, channels, H, W) -> same: the start of every head, or one trunk
+    that all heads share."""
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
 
-    def __init__(self, in_channels: int, out_channels: int, out_scale: torch.Tensor | None = None):
+
+class DenseHead(nn.Module):
+    """[3x3 conv + GELU] + 1x1 conv: (B, in_channels, H, W) -> (B, out_channels, H, W).
+
+    Without `own_trunk` the head is the 1x1 conv alone (it sits on a shared trunk).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, out_scale: torch.Tensor | None = None,
+                 own_trunk: bool = True):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.GELU(),
-                                  nn.Conv2d(in_channels, out_channels, 1))
+        layers = [*head_trunk(in_channels)] if own_trunk else []
+        self.body = nn.Sequential(*layers, nn.Conv2d(in_channels, out_channels, 1))
         self.register_buffer("out_scale", out_scale if out_scale is not None
                              else torch.ones(out_channels), persistent=False)
 
@@ -26,13 +36,13 @@ class DenseHead(nn.Module):
         return self.body(x) * self.out_scale.view(1, -1, 1, 1)
 
 
-def build_head(head: str, in_channels: int, n_rays: int) -> DenseHead:
+def build_head(head: str, in_channels: int, n_rays: int, own_trunk: bool = True) -> DenseHead:
     """The head named `head` ('star', 'flow' or 'boundary') on `in_channels` features."""
     channels = head_channels(head, n_rays)
     scale = torch.ones(channels)
     if head == "star":
         scale[1:] = DIST_SCALE  # raw star output is [prob logit, dist in px]
-    return DenseHead(in_channels, channels, scale)
+    return DenseHead(in_channels, channels, scale, own_trunk)
 
 
 def activate(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
