@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from cellvit_cli.inference.device import autocast as device_autocast
 from cellvit_cli.modeling import VARIANTS, build_model
 from cellvit_cli.preprocess import normalize_percentile
 from cellvit_cli.samples import load_nuclei_sample
@@ -32,8 +33,9 @@ def sample() -> Sample:
 
 
 def crops_per_second(variant: str, device: torch.device, cfg: TrainConfig, steps: int,
-                     data: list[Sample] | None) -> float:
-    """Training crops per second; `data` None times the network on random tensors."""
+                     data: list[Sample] | None, autocast: bool = False) -> float:
+    """Training crops per second; `data` None times the network on random tensors;
+    `autocast`: mixed precision as `cellvit train` uses it (CUDA only)."""
     torch.manual_seed(0)
     model = build_model(variant, cfg.heads).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -50,7 +52,8 @@ def crops_per_second(variant: str, device: torch.device, cfg: TrainConfig, steps
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        raw = model(images.to(device))
+        with device_autocast(device, enabled=autocast):
+            raw = model(images.to(device))
         loss, _ = total_loss(raw, {h: t.to(device) for h, t in targets.items()})
         optimizer.zero_grad()
         loss.backward()
