@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cellvit_cli.inference.device import cpu_description, resolve_device
+from cellvit_cli.device import cpu_description, resolve_device
 from cellvit_cli.inference.pipeline import SegmentSettings, Segmenter, segment_paths
 from cellvit_cli.training.augment import AugmentConfig
 from cellvit_cli.training.loop import TrainConfig

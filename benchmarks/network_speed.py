@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cellvit_cli.inference.device import cpu_description, cpu_supports_bf16
+from cellvit_cli.device import cpu_description, cpu_supports_bf16
 from cellvit_cli.modeling import VARIANTS, build_model
 
 HEADS = ("star", "flow", "boundary")

@@ -20,7 +20,7 @@ import tifffile
 
 from cellvit_cli import metrics
 from cellvit_cli.inference import SegmentSettings, Segmenter, segment_array
-from cellvit_cli.inference.device import cpu_description, precision_name
+from cellvit_cli.device import cpu_description, precision_name
 from cellvit_cli.io import read_labels
 from cellvit_cli.modeling import load_model_folder
 from splits import add_split_arguments, split_pairs

@@ -84,7 +84,7 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="segment_speed_"))
     paths = write_images(workdir / "images", args.n_images, args.size)
-    from cellvit_cli.inference.device import resolve_device
+    from cellvit_cli.device import resolve_device
 
     loaded, untrained = load_model(args.model, str(resolve_device(args.device)))
     rows = []

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from cellvit_cli.inference.device import autocast as device_autocast
+from cellvit_cli.device import autocast as device_autocast
 from cellvit_cli.modeling import VARIANTS, build_model
 from cellvit_cli.preprocess import normalize_percentile
 from cellvit_cli.samples import load_nuclei_sample

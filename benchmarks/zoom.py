@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from cellvit_cli import metrics
 from cellvit_cli.inference import SegmentSettings, segment_paths
-from cellvit_cli.inference.device import cpu_description
+from cellvit_cli.device import cpu_description
 from cellvit_cli.inference.sizing import object_diameters
 from cellvit_cli.io import read_labels
 from splits import add_split_arguments, split_pairs

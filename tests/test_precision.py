@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from cellvit_cli import metrics
 from cellvit_cli.cli import main
 from cellvit_cli.inference import SegmentSettings, segment_array
-from cellvit_cli.inference import device as device_module
-from cellvit_cli.inference.device import (cpu_description, cpu_supports_bf16, precision_name,
+from cellvit_cli import device as device_module
+from cellvit_cli.device import (cpu_description, cpu_supports_bf16, precision_name,
                                           resolve_precision)
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.io import read_label_metadata

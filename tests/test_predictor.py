@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cellvit_cli.inference.device import autocast, is_out_of_memory, resolve_device
+from cellvit_cli.device import autocast, is_out_of_memory, resolve_device
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.modeling import ModelConfig
 from test_tiling import SplitNetwork

@@ -200,7 +200,7 @@ def segment(inputs, out_dir, model, mode, recursive, pattern, channel, diameter,
     if diameter != "auto" and scale is not None:
         raise click.UsageError("give --diameter or --scale, not both")
     _check_inputs(inputs)  # before the heavy imports below
-    from cellvit_cli.inference.device import resolve_device
+    from cellvit_cli.device import resolve_device
     from cellvit_cli.inference.pipeline import SegmentSettings
     from cellvit_cli.io import InputError
     from cellvit_cli.modeling import ModelFolderError, resolve_model

@@ -1,7 +1,7 @@
 """Inference: device choice, tiling and stitching, batched prediction, the object-size
 estimate, block mode, the segment pipeline behind `cellvit segment`."""
 
-from cellvit_cli.inference.device import resolve_device
+from cellvit_cli.device import resolve_device
 from cellvit_cli.inference.pipeline import SegmentReport, segment_paths
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.inference.segmenter import (Segmenter, SegmentSettings, segment_array,

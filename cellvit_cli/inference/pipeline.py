@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cellvit_cli import export
 from cellvit_cli.inference.blocks import READ_ERRORS, check_zoom, segment_file_blocks
-from cellvit_cli.inference.device import precision_name
+from cellvit_cli.device import precision_name
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,

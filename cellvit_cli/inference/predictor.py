@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cellvit_cli.inference.device import is_out_of_memory, precision_autocast, resolve_precision
+from cellvit_cli.device import is_out_of_memory, precision_autocast, resolve_precision
 from cellvit_cli.inference.tiling import Slices, Stitcher, pad_to_tiles, plan_tiles
 
 log = logging.getLogger(__name__)

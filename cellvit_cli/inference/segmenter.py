@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellvit_cli.inference.device import (PRECISION_CHOICES, default_batch_size,
+from cellvit_cli.device import (PRECISION_CHOICES, default_batch_size,
                                           resolve_device, resolve_precision)
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.inference.sizing import SizeEstimate, clamp_zoom, estimate_zoom

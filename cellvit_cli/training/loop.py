@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellvit_cli.inference.device import autocast, resolve_device
+from cellvit_cli.device import autocast, resolve_device
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
 from cellvit_cli.modeling.folder import read_state

@@ -16,7 +16,7 @@ def validation_maps(model: CellViT, samples: Sequence[Sample], device: torch.dev
     """Dense maps of every sample, tiled and stitched exactly as `cellvit segment` does, so
     thresholds tuned on them hold for segmentation."""
     from cellvit_cli.inference import DenseNetwork, Predictor, SegmentSettings
-    from cellvit_cli.inference.device import default_batch_size
+    from cellvit_cli.device import default_batch_size
 
     settings = SegmentSettings(progress=False)
     predictor = Predictor(DenseNetwork(model, tuple(model.heads)), device=device,
