@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
-MODE_CHOICES = ("auto", "star", "flow", "boundary", "fused")  # postprocess.MODES + auto
+from cellvit_cli.registry import MODES
+
+MODE_CHOICES = ("auto", *MODES)
 
 
 class _TqdmHandler(logging.Handler):

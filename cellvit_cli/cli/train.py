@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-HEAD_NAMES = ("star", "flow", "boundary")  # as cellvit_cli.targets.HEADS, without importing it
+from cellvit_cli.registry import HEADS as HEAD_NAMES
 
 
 def _heads(ctx, param, value: str) -> tuple[str, ...]:
