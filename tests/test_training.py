@@ -70,7 +70,7 @@ def test_star_targets_of_a_crop_see_objects_beyond_its_edge(sample):
     y0, x0, crop = 0, 20, 64  # three objects cut by this crop lie inside its margin
     size = crop + 2 * MARGIN
     window = (slice(y0, y0 + size), slice(x0, x0 + size))
-    _, targets = crop_at(sample, CropGeometry(window, 0, False, 1.0), ("star",), 32, crop)
+    _, targets, _ = crop_at(sample, CropGeometry(window, 0, False, 1.0), ("star",), 32, crop)
     inner = (slice(y0 + MARGIN, y0 + MARGIN + crop), slice(x0 + MARGIN, x0 + MARGIN + crop))
     full = star_targets(sample.labels)[(slice(None), *inner)]
     labels = sample.labels[inner]
@@ -86,7 +86,7 @@ def test_rotated_crop_has_the_targets_of_rotated_labels(sample):
     crop, size = 64, 64 + 2 * MARGIN
     window = (slice(60, 60 + size), slice(200, 200 + size))
     for k, flip in [(1, False), (2, True), (3, True)]:
-        _, targets = crop_at(sample, CropGeometry(window, k, flip, 1.0), ("star", "boundary"), 32, crop)
+        _, targets, _ = crop_at(sample, CropGeometry(window, k, flip, 1.0), ("star", "boundary"), 32, crop)
         moved = np.ascontiguousarray(dihedral(sample.labels[window], k, flip))
         inner = (slice(None), slice(MARGIN, MARGIN + crop), slice(MARGIN, MARGIN + crop))
         assert np.allclose(targets["star"], star_targets(moved)[inner])

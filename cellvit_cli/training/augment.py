@@ -2,6 +2,9 @@
 
 Star and boundary targets are computed on each augmented crop (cheap, and exact under any
 flip, rotation or zoom); flows come from the per-image cache and are transformed with it.
+The intensity steps aimed at the failures of issue 12 (dim objects beside bright ones,
+uneven background, blur, noise of several levels, crowded regions) are off in
+`AugmentConfig()` (the recipe of nuclei_fluo_tiny) and on in `ROBUST_AUGMENT`.
 """
 
 from dataclasses import dataclass
@@ -24,6 +27,18 @@ class AugmentConfig:
     offset_range: tuple[float, float] = (-0.1, 0.1)  # intensity + offset
     gamma_range: tuple[float, float] = (0.7, 1.4)    # contrast: |x| ** gamma
     noise_std: float = 0.03
+    noise_std_range: tuple[float, float] | None = None  # per crop, replaces noise_std
+    object_gain_range: tuple[float, float] | None = None  # each object * its own gain
+    object_gain_prob: float = 0.5    # share of crops whose objects get their own gains
+    gradient_max: float = 0.0        # background + a linear ramp of up to this amplitude
+    blur_sigma_max: float = 0.0      # Gaussian blur of sigma uniform in [0, max] px
+    blur_prob: float = 0.3
+    crowded_fraction: float = 0.0    # share of crops centred on a contact between objects
+
+
+ROBUST_AUGMENT = AugmentConfig(scale_range=(0.6, 1.6), noise_std_range=(0.0, 0.08),
+                               object_gain_range=(0.15, 1.0), gradient_max=0.3,
+                               blur_sigma_max=1.5, crowded_fraction=0.3)
 
 
 def dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -64,11 +79,44 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def jitter_intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random gain, offset, gamma and Gaussian noise on a normalised (C, Y, X) image."""
+    """Random gain, offset, gamma and Gaussian noise on a normalised (C, Y, X) image (and a
+    background ramp and blur where `cfg` asks for them)."""
     gamma = np.exp(rng.uniform(*np.log(cfg.gamma_range)))
     image = np.sign(image) * np.abs(image) ** gamma
     image = image * rng.uniform(*cfg.gain_range) + rng.uniform(*cfg.offset_range)
-    return (image + rng.normal(0, cfg.noise_std, image.shape)).astype(np.float32)
+    if cfg.gradient_max > 0:
+        image = image + background_ramp(image.shape[-2:], cfg.gradient_max, rng)
+    if cfg.blur_sigma_max > 0 and rng.random() < cfg.blur_prob:
+        sigma = rng.uniform(0, cfg.blur_sigma_max)
+        image = ndi.gaussian_filter(image, (0, sigma, sigma))
+    noise_std = rng.uniform(*cfg.noise_std_range) if cfg.noise_std_range else cfg.noise_std
+    return (image + rng.normal(0, noise_std, image.shape)).astype(np.float32)
+
+
+def background_ramp(shape: tuple[int, int], amplitude: float, rng: np.random.Generator
+                    ) -> np.ndarray:
+    """(Y, X) float32 linear ramp in a random direction, from 0 to up to +-`amplitude`."""
+    angle = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[:shape[0], :shape[1]].astype(np.float32)
+    ramp = np.cos(angle) * y / max(shape[0], 1) + np.sin(angle) * x / max(shape[1], 1)
+    return (rng.uniform(-amplitude, amplitude) * (ramp - ramp.min())).astype(np.float32)
+
+
+def scale_objects(image: np.ndarray, labels: np.ndarray, gain_range: tuple[float, float],
+                  rng: np.random.Generator) -> np.ndarray:
+    """Each object of (Y, X) `labels` times its own gain (log-uniform in `gain_range`) in the
+    (C, Y, X) image, the background kept: dim objects beside bright ones. Gains are
+    smoothed over 1 px so that no hard edge marks an object."""
+    gains = np.exp(rng.uniform(*np.log(gain_range), size=labels.max() + 1)).astype(np.float32)
+    gains[0] = 1.0
+    return image * ndi.gaussian_filter(gains[labels], 1.0)[None]
+
+
+def contact_points(labels: np.ndarray) -> np.ndarray:
+    """(N, 2) int (y, x) of the pixels of (Y, X) `labels` that touch another object."""
+    right = (labels[:, 1:] != labels[:, :-1]) & (labels[:, 1:] > 0) & (labels[:, :-1] > 0)
+    down = (labels[1:] != labels[:-1]) & (labels[1:] > 0) & (labels[:-1] > 0)
+    return np.concatenate([np.argwhere(right), np.argwhere(down)])
 
 
 @dataclass(frozen=True)
@@ -82,18 +130,31 @@ class CropGeometry:
     scale: float
 
 
-def random_geometry(shape: tuple[int, int], cfg: AugmentConfig, rng: np.random.Generator
-                    ) -> CropGeometry:
-    """A random crop geometry for an image of `shape`."""
+def random_geometry(shape: tuple[int, int], cfg: AugmentConfig, rng: np.random.Generator,
+                    contacts: np.ndarray | None = None) -> CropGeometry:
+    """A random crop geometry for an image of `shape`; with `cfg.crowded_fraction` of the
+    crops centred on one of `contacts` ((N, 2) y, x), where there are any."""
     size = cfg.crop_size + 2 * MARGIN
     scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
-    window = random_window(shape, int(round(size / scale)), rng)
+    side = int(round(size / scale))
+    crowded = cfg.crowded_fraction > 0 and rng.random() < cfg.crowded_fraction
+    if crowded and contacts is not None and len(contacts):
+        window = window_around(shape, side, contacts[rng.integers(len(contacts))])
+    else:
+        window = random_window(shape, side, rng)
     return CropGeometry(window, int(rng.integers(4)), bool(rng.integers(2)), scale)
 
 
+def window_around(shape: tuple[int, int], size: int, centre: np.ndarray) -> tuple[slice, slice]:
+    """The `size` x `size` window inside `shape` nearest to being centred on (y, x) `centre`."""
+    starts = [int(min(max(c - size // 2, 0), max(n - size, 0))) for c, n in zip(centre, shape)]
+    return tuple(slice(s, s + size) for s in starts)
+
+
 def crop_at(sample: Sample, geometry: CropGeometry, heads: tuple[str, ...], n_rays: int,
-            crop_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The crop of `sample` at `geometry`: image (C, S, S) float32 and {head: target}."""
+            crop_size: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The crop of `sample` at `geometry`: image (C, S, S) float32, {head: target} and the
+    crop's labels (S, S) int32."""
     g, size = geometry, crop_size + 2 * MARGIN
     labels = _pad_to(dihedral(sample.labels[g.window], g.k, g.flip), 1)
     image = dihedral(sample.image[(slice(None), *g.window)], g.k, g.flip)
@@ -110,12 +171,16 @@ def crop_at(sample: Sample, geometry: CropGeometry, heads: tuple[str, ...], n_ra
         flows = dihedral_flows(sample.flows[(slice(None), *g.window)].astype(np.float32), g.k, g.flip)
         flows = _pad_to(_fit(flows, zoom_size, 1), size)[(slice(None), *inner)]
         targets["flow"] = np.concatenate([(labels[inner] > 0)[None], flows]).astype(np.float32)
-    return image[(slice(None), *inner)], targets
+    return image[(slice(None), *inner)], targets, labels[inner]
 
 
 def random_crop(sample: Sample, heads: tuple[str, ...], n_rays: int, cfg: AugmentConfig,
                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One augmented crop: image (C, S, S) float32 and {head: target (C_head, S, S)}."""
-    geometry = random_geometry(sample.labels.shape, cfg, rng)
-    image, targets = crop_at(sample, geometry, heads, n_rays, cfg.crop_size)
+    if cfg.crowded_fraction > 0 and sample.contacts is None:
+        sample.contacts = contact_points(sample.labels)
+    geometry = random_geometry(sample.labels.shape, cfg, rng, sample.contacts)
+    image, targets, labels = crop_at(sample, geometry, heads, n_rays, cfg.crop_size)
+    if cfg.object_gain_range and rng.random() < cfg.object_gain_prob:
+        image = scale_objects(image, labels, cfg.object_gain_range, rng)
     return jitter_intensity(image, cfg, rng), targets

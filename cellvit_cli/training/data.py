@@ -18,12 +18,15 @@ from cellvit_cli.targets.flow import flow_targets
 @dataclass
 class Sample:
     """One training image: normalised image (C, Y, X) float32, labels (Y, X) int32 (one piece
-    per object), and cached unit flows (2, Y, X) float16 when the flow head is trained."""
+    per object), and cached unit flows (2, Y, X) float16 when the flow head is trained.
+    `contacts` (N, 2) int (y, x) of pixels where two objects touch is filled on first use by
+    `augment.contact_points` (crops that over-sample crowded regions)."""
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     flows: np.ndarray | None = None
+    contacts: np.ndarray | None = None
 
 
 def read_ids(path: str | Path) -> list[str]:
