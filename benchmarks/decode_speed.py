@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from scipy import ndimage as ndi
 from stardist import non_maximum_suppression, polygons_to_label
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,8 +27,10 @@ from cellvit_cli.metrics import average_precision
 from cellvit_cli.postprocess import decode
 from cellvit_cli.postprocess.star import _one_openmp_thread
 from cellvit_cli.targets import HEADS, make_targets
+from tests.helpers import degrade
 
 DSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+SCALE = 0.9  # probabilities scaled by 0.9 here (the round-trip tests use degrade's 0.8)
 RUNS = [  # (name, mode, thresholds)
     ("star", "star", None),
     ("flow", "flow", None),
@@ -54,19 +55,6 @@ def mosaic(masks: list[np.ndarray], size: int = 1024, crop: int = 512) -> np.nda
     return out
 
 
-def degrade(maps: dict, sigma=1.0, noise=0.05, scale=0.9, seed=0) -> dict:
-    """Targets made to look predicted: blurred, noisy, probabilities scaled."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for head, m in maps.items():
-        m = ndi.gaussian_filter(m, (0, sigma, sigma)) + rng.normal(0, noise, m.shape)
-        m[0] = np.clip(m[0] * scale, 0, 1)
-        if head == "boundary":
-            m[1] = np.clip(m[1], 0, 1)
-        out[head] = m.astype(np.float32)
-    return out
-
-
 def best_time(fn, repeats: int):
     """(wall seconds, CPU seconds of this process) of the fastest run, and its result."""
     runs, result = [], None
@@ -88,7 +76,7 @@ def stardist_dense(star_map: np.ndarray, prob_thresh=0.5, nms_thresh=0.4) -> np.
 
 def decode_speed(repeats: int) -> None:
     labels = mosaic(val_masks())
-    maps = degrade(make_targets(labels, HEADS))
+    maps = degrade(make_targets(labels, HEADS), scale=SCALE)
     decode(maps, "flow")  # numba compilation and cellpose import, not timed
     print(f"1024x1024 mosaic, {len(np.unique(labels)) - 1} nuclei, best of {repeats}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
@@ -105,7 +93,7 @@ def tune_speed(n: int) -> None:
     from cellvit_cli.training.tune import tune_thresholds
 
     labels = val_masks(n)
-    maps = [degrade(make_targets(lab, HEADS)) for lab in labels]
+    maps = [degrade(make_targets(lab, HEADS), scale=SCALE) for lab in labels]
     for mode in ("star", "flow", "boundary", "fused"):
         (wall, cpu), tuned = best_time(lambda m=mode: tune_thresholds(maps, labels, [m]), 1)
         print(f"tune {mode} on {n} images: {wall:.0f} s wall, {cpu:.0f} s CPU, {tuned[mode]}, "
