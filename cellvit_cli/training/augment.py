@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
 
 from cellvit_cli.targets.boundary import boundary_targets
 from cellvit_cli.targets.star import star_targets
 from cellvit_cli.training.data import Sample
 
 MARGIN = 32  # px of context around a crop so that rays of objects cut by the crop stay true
+GLOW_PX = 3  # px around an object that take its gain in `scale_objects`
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,18 @@ def background_ramp(shape: tuple[int, int], amplitude: float, rng: np.random.Gen
 
 def scale_objects(image: np.ndarray, labels: np.ndarray, gain_range: tuple[float, float],
                   rng: np.random.Generator) -> np.ndarray:
-    """Each object of (Y, X) `labels` times its own gain (log-uniform in `gain_range`) in the
-    (C, Y, X) image, the background kept: dim objects beside bright ones. Gains are
-    smoothed over 1 px so that no hard edge marks an object."""
+    """Each object of (Y, X) `labels` with its own contrast to the background (gain
+    log-uniform in `gain_range`) in the (C, Y, X) image: dim objects beside bright ones.
+    The background level is the median of the pixels outside objects; each gain covers its
+    object grown by GLOW_PX (the glow around a nucleus dims with it) and is smoothed over
+    1 px, so that no ring or hard edge marks an object."""
     gains = np.exp(rng.uniform(*np.log(gain_range), size=labels.max() + 1)).astype(np.float32)
     gains[0] = 1.0
-    return image * ndi.gaussian_filter(gains[labels], 1.0)[None]
+    outside = labels == 0
+    background = (np.median(image[:, outside], axis=1) if outside.any()
+                  else np.zeros(len(image), np.float32))[:, None, None]
+    gain_map = ndi.gaussian_filter(gains[expand_labels(labels, GLOW_PX)], 1.0)[None]
+    return (background + (image - background) * gain_map).astype(np.float32)
 
 
 def contact_points(labels: np.ndarray) -> np.ndarray:
