@@ -16,8 +16,9 @@ import torch
 from cellvit_cli.device import autocast as device_autocast
 from cellvit_cli.modeling import VARIANTS, build_model
 from cellvit_cli.preprocess import normalize_percentile
+from cellvit_cli.registry import HEADS, head_channels
 from cellvit_cli.samples import load_nuclei_sample
-from cellvit_cli.targets import HEADS, clean_labels, head_channels
+from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
 from cellvit_cli.training.augment import AugmentConfig
 from cellvit_cli.training.data import Sample

@@ -23,6 +23,7 @@ from skimage.segmentation import find_boundaries
 
 from .io import atomic_path
 from .preprocess import normalize_percentile
+from .registry import HEADS, head_spec
 
 # File name endings of the per-image outputs: OUT/<image stem><suffix> (docs/outputs.md).
 OUTPUT_SUFFIXES = {
@@ -36,10 +37,6 @@ OUTPUT_SUFFIXES = {
 SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter", "axis_major_length",
                     "axis_minor_length", "orientation", "equivalent_diameter_area")
 SHAPE_NAMES = {"equivalent_diameter_area": "equivalent_diameter"}  # regionprops -> ours
-MAP_CHANNEL_NAMES = {
-    "flow": ["prob", "dy", "dx"],
-    "boundary": ["fg", "boundary"],
-}
 
 
 # ---- outlines -------------------------------------------------------------------------------
@@ -264,11 +261,14 @@ def _format(value) -> str:
 # ---- dense maps -------------------------------------------------------------------------------
 
 def map_channel_names(head: str, n_channels: int) -> list[str]:
-    """Channel names of a head's map (architecture.md's layout), e.g. star: prob, dist_0, ..."""
-    if head == "star":
-        return ["prob"] + [f"dist_{k}" for k in range(n_channels - 1)]
-    names = MAP_CHANNEL_NAMES.get(head, [])
-    return names if len(names) == n_channels else [f"{head}_{k}" for k in range(n_channels)]
+    """Channel names of a head's map (its registry entry's), e.g. star: prob, dist_0, ...;
+    <head>_0, <head>_1, ... for a head or a channel count the registry does not know."""
+    if head in HEADS:
+        spec = head_spec(head)
+        names = spec.channel_names(n_channels - len(spec.fixed_channels))
+        if len(names) == n_channels:
+            return names
+    return [f"{head}_{k}" for k in range(n_channels)]
 
 
 def maps_path(path, head: str) -> Path:

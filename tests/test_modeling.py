@@ -5,7 +5,7 @@ import torch
 
 from cellvit_cli.modeling import (VARIANTS, ModelConfig, ModelFolderError, activate, build_model,
                                   load_model_folder, save_model_folder)
-from cellvit_cli.targets import HEADS, head_channels
+from cellvit_cli.registry import HEADS, head_channels
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -18,7 +18,8 @@ def test_encoder_features_have_known_strides_and_channels(variant):
         assert f.shape == (1, v.embed_dim, 64 // v.patch_size, 96 // v.patch_size)
     stem = model.stem(x)
     for i, (m, c) in enumerate(zip(stem, v.stem_channels)):
-        assert m.shape == (1, c, 64 // 2**i, 96 // 2**i)
+        stride = v.head_stride * 2**i
+        assert m.shape == (1, c, 64 // stride, 96 // stride)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

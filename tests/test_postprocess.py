@@ -8,7 +8,6 @@ from stardist.matching import matching
 
 from cellvit_cli.postprocess import (
     DEFAULT_THRESHOLDS,
-    MODES,
     auto_mode,
     decode,
     mode_thresholds,
@@ -27,14 +26,12 @@ from cellvit_cli.postprocess.star import (
     polygons_to_labels,
     star_nms,
 )
+from cellvit_cli.registry import HEADS, MODES, head_channels
 from cellvit_cli.targets import make_targets
 
 SHAPE = (96, 112)
 N_RAYS = 16
-
-
-def _channels(head):
-    return {"star": 1 + N_RAYS, "flow": 3, "boundary": 2}[head]
+STAR, FLOW, BOUNDARY = (DEFAULT_THRESHOLDS[mode] for mode in ("star", "flow", "boundary"))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,7 @@ def labels():
 
 @pytest.fixture(scope="module")
 def maps(labels):
-    return make_targets(labels, ("star", "flow", "boundary"), n_rays=N_RAYS)
+    return make_targets(labels, HEADS, n_rays=N_RAYS)
 
 
 def _ap(true_labels, pred_labels):
@@ -68,8 +65,7 @@ def test_decode_targets_exactly(mode, labels, maps):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_empty_maps_give_empty_labels(mode):
-    maps = {head: np.zeros((_channels(head), *SHAPE), np.float32)
-            for head in ("star", "flow", "boundary")}
+    maps = {head: np.zeros((head_channels(head, N_RAYS), *SHAPE), np.float32) for head in HEADS}
     pred = decode(maps, mode)
     assert pred.dtype == np.int32 and pred.shape == SHAPE and not pred.any()
 
@@ -100,11 +96,11 @@ def test_decode_checks_shapes_agree():
 
 def test_decoders_check_their_arrays():
     with pytest.raises(ValueError, match="shape"):
-        decode_star(np.zeros((8, 8), np.float32), np.zeros((4, 8, 9), np.float32))
+        decode_star(np.zeros((8, 8), np.float32), np.zeros((4, 8, 9), np.float32), **STAR)
     with pytest.raises(ValueError, match=r"\(2, Y, X\)"):
-        decode_flow(np.zeros((8, 8), np.float32), np.zeros((3, 8, 8), np.float32))
+        decode_flow(np.zeros((8, 8), np.float32), np.zeros((3, 8, 8), np.float32), **FLOW)
     with pytest.raises(ValueError, match="float"):
-        decode_boundary(np.zeros((8, 8), bool), np.zeros((8, 8), np.float32))
+        decode_boundary(np.zeros((8, 8), bool), np.zeros((8, 8), np.float32), **BOUNDARY)
 
 
 def test_thresholds_take_defaults_and_refuse_unknown_names():
@@ -194,10 +190,10 @@ def test_flow_equals_cellpose_compute_masks(maps, prob_thresh, flow_thresh):
 def test_flow_thresh_none_or_zero_skips_the_check(maps):
     prob, flows = maps["flow"][0], maps["flow"][1:]
     wrong = -flows  # flows away from the centres: every mask fails the check
-    assert decode_flow(prob, wrong, flow_thresh=0.4).max() == 0
-    unchecked = decode_flow(prob, wrong, flow_thresh=None)
+    assert decode_flow(prob, wrong, 0.5, flow_thresh=0.4).max() == 0
+    unchecked = decode_flow(prob, wrong, 0.5, flow_thresh=None)
     assert unchecked.max() > 0
-    assert np.array_equal(unchecked, decode_flow(prob, wrong, flow_thresh=0))
+    assert np.array_equal(unchecked, decode_flow(prob, wrong, 0.5, flow_thresh=0))
 
 
 def test_flow_steps_vary_flow_thresh_on_one_following(maps):
@@ -216,7 +212,7 @@ def test_boundary_splits_touching_squares():
     labels = np.zeros((20, 30), np.int32)
     labels[4:14, 3:13], labels[4:14, 13:23] = 1, 2
     fg, boundary = make_targets(labels, ("boundary",))["boundary"]
-    assert _ap(labels, decode_boundary(fg, boundary)) == 1.0
+    assert _ap(labels, decode_boundary(fg, boundary, **BOUNDARY)) == 1.0
 
 
 def test_boundary_keeps_unseeded_pieces_and_drops_tiny_ones():
@@ -225,7 +221,7 @@ def test_boundary_keeps_unseeded_pieces_and_drops_tiny_ones():
     fg[10, 10] = 1       # a single pixel
     boundary = np.zeros_like(fg)
     boundary[2:4, 2:14] = 1
-    pred = decode_boundary(fg, boundary, min_size=10)
+    pred = decode_boundary(fg, boundary, **BOUNDARY, min_size=10)
     assert pred.max() == 1 and (pred == 1).sum() == 24
 
 
@@ -235,7 +231,7 @@ def test_boundary_tiny_seeds_are_flooded_from_a_neighbour():
     boundary = np.ones_like(fg)
     boundary[4:16, 4:12] = 0    # the real interior
     boundary[14, 15] = 0        # a one-pixel seed of noise
-    pred = decode_boundary(fg, boundary, min_seed_size=4)
+    pred = decode_boundary(fg, boundary, **BOUNDARY, min_seed_size=4)
     assert pred.max() == 1 and (pred == 1).sum() == 16 * 16
 
 

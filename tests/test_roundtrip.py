@@ -11,8 +11,9 @@ from conftest import SHARED_DATA
 from scipy import ndimage as ndi
 from stardist.matching import matching, matching_dataset
 
-from cellvit_cli.postprocess import MODES, decode
-from cellvit_cli.targets import HEADS, make_targets
+from cellvit_cli.postprocess import decode
+from cellvit_cli.registry import HEADS, MODES
+from cellvit_cli.targets import make_targets
 
 # Star is limited to star-convex shapes: its floor is lower at strict IoU.
 MIN_AP = {  # mode: (AP@0.5, AP@0.75, AP@0.9) on the stardist sample; measured 1 / >= .97 / >= .94

@@ -9,7 +9,8 @@ from cellvit_cli.inference.predictor import Predictor
 from cellvit_cli.inference.tiling import Stitcher, pad_to_tiles, plan_tiles, stitch, tile_shape
 from cellvit_cli.metrics import label_overlap, match
 from cellvit_cli.postprocess import decode
-from cellvit_cli.targets import head_channels, make_targets
+from cellvit_cli.registry import head_channels
+from cellvit_cli.targets import make_targets
 
 
 class SplitNetwork(torch.nn.Module):

@@ -5,8 +5,9 @@ import pytest
 from skimage.draw import disk
 
 from cellvit_cli.metrics import average_precision
-from cellvit_cli.postprocess import DEFAULT_THRESHOLDS, MODES, decode
-from cellvit_cli.targets import HEADS, make_targets
+from cellvit_cli.postprocess import DEFAULT_THRESHOLDS, decode
+from cellvit_cli.registry import HEADS, MODES
+from cellvit_cli.targets import make_targets
 from cellvit_cli.training.tune import BOUNDS, fine_grid, grid_settings, tune_thresholds
 
 SHAPE = (80, 96)
@@ -82,5 +83,6 @@ def test_tune_checks_its_inputs(data):
 
 def test_grids():
     assert grid_settings({"a": (1, 2)}, {"b": 0}) == [(("a", 1), ("b", 0)), (("a", 2), ("b", 0))]
-    assert fine_grid({"prob_thresh": 0.5, "flow_thresh": 0.0}, ["prob_thresh", "flow_thresh"]) == {
+    assert fine_grid({"prob_thresh": 0.5, "flow_thresh": 0.0},
+                     {"prob_thresh": 0.05, "flow_thresh": 0.1}) == {
         "prob_thresh": (0.45, 0.5, 0.55), "flow_thresh": (0.0, 0.1)}

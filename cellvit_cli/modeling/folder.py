@@ -13,7 +13,7 @@ from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling.build import VARIANTS, build_model
 from cellvit_cli.modeling.model import CellViT
 from cellvit_cli.postprocess import MODES, mode_thresholds
-from cellvit_cli.targets import HEADS
+from cellvit_cli.registry import HEADS
 
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "nuclei_fluo_tiny"

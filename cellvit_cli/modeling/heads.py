@@ -7,9 +7,7 @@ star = [prob, dist x n_rays], flow = [prob, dy, dx], boundary = [fg, boundary].
 import torch
 from torch import nn
 
-from cellvit_cli.targets import head_channels
-
-DIST_SCALE = 10.0  # the star head predicts ray lengths in units of 10 px, kept near 1
+from cellvit_cli.registry import head_spec
 
 
 def head_trunk(channels: int) -> nn.Sequential:
@@ -37,22 +35,29 @@ class DenseHead(nn.Module):
 
 
 def build_head(head: str, in_channels: int, n_rays: int, own_trunk: bool = True) -> DenseHead:
-    """The head named `head` ('star', 'flow' or 'boundary') on `in_channels` features."""
-    channels = head_channels(head, n_rays)
-    scale = torch.ones(channels)
-    if head == "star":
-        scale[1:] = DIST_SCALE  # raw star output is [prob logit, dist in px]
-    return DenseHead(in_channels, channels, scale, own_trunk)
+    """The head named `head` (see `cellvit_cli.registry`) on `in_channels` features."""
+    spec = head_spec(head)
+    return DenseHead(in_channels, spec.channels(n_rays), torch.tensor(spec.out_scale(n_rays)),
+                     own_trunk)
 
 
 def activate(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Raw head outputs -> dense maps: sigmoid on probabilities, rays clamped at 0, flows as is."""
-    maps = {}
-    for head, out in raw.items():
-        if head == "star":
-            maps[head] = torch.cat([out[:, :1].sigmoid(), out[:, 1:].clamp_min(0)], dim=1)
-        elif head == "flow":
-            maps[head] = torch.cat([out[:, :1].sigmoid(), out[:, 1:]], dim=1)
-        else:
-            maps[head] = out.sigmoid()
-    return maps
+    """Raw head outputs (B, C, H, W) -> dense maps, each by its head's activation."""
+    return {head: head_spec(head).activation(out) for head, out in raw.items()}
+
+
+# ---- activations, named by the heads' registry entries ------------------------------------
+
+def prob_and_rays(raw: torch.Tensor) -> torch.Tensor:
+    """Sigmoid on channel 0 (a probability logit), the rest (ray lengths) clamped at 0."""
+    return torch.cat([raw[:, :1].sigmoid(), raw[:, 1:].clamp_min(0)], dim=1)
+
+
+def prob_and_flows(raw: torch.Tensor) -> torch.Tensor:
+    """Sigmoid on channel 0 (a probability logit), the rest (flows) as they are."""
+    return torch.cat([raw[:, :1].sigmoid(), raw[:, 1:]], dim=1)
+
+
+def probabilities(raw: torch.Tensor) -> torch.Tensor:
+    """Sigmoid on every channel (each a probability logit)."""
+    return raw.sigmoid()

@@ -8,18 +8,19 @@ foreground piece left without any seed (a cell too thin to have an interior) bec
 object of its own.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relabel
+from cellvit_cli.postprocess.checks import MIN_SIZE, as_float_map, check_same_shape, relabel
 
-MIN_SIZE = 10        # pixels; the smallest DSB nucleus has 21
 MIN_SEED_SIZE = 4    # pixels
 
 
-def boundary_seeds(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5,
-                   boundary_thresh: float = 0.3, min_seed_size: int = MIN_SEED_SIZE) -> np.ndarray:
+def boundary_seeds(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float, boundary_thresh: float,
+                   min_seed_size: int = MIN_SEED_SIZE) -> np.ndarray:
     """Connected pieces (4-connectivity) of (fg > fg_thresh) & (boundary < boundary_thresh)
     with at least `min_seed_size` pixels. fg, boundary: (Y, X) float32. Returns int32 1..N.
     """
@@ -41,8 +42,8 @@ def grow_seeds(seeds: np.ndarray, landscape: np.ndarray, mask: np.ndarray,
     return relabel(labels + unseeded, min_size)
 
 
-def decode_boundary(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5,
-                    boundary_thresh: float = 0.3, min_size: int = MIN_SIZE,
+def decode_boundary(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float,
+                    boundary_thresh: float, min_size: int = MIN_SIZE,
                     min_seed_size: int = MIN_SEED_SIZE) -> np.ndarray:
     """Instance labels from a boundary head's maps.
 
@@ -54,3 +55,10 @@ def decode_boundary(fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5
     check_same_shape(fg.shape, boundary=boundary)
     seeds = boundary_seeds(fg, boundary, fg_thresh, boundary_thresh, min_seed_size)
     return grow_seeds(seeds, boundary, fg > fg_thresh, min_size)
+
+
+def decode_boundary_maps(maps: Mapping[str, np.ndarray], fg_thresh: float,
+                         boundary_thresh: float) -> np.ndarray:
+    """`decode_boundary` of maps["boundary"] = float32 (2, Y, X) [fg, boundary]."""
+    fg, boundary = maps["boundary"]
+    return decode_boundary(fg, boundary, fg_thresh, boundary_thresh)

@@ -1,6 +1,9 @@
-"""Input checks shared by the decoders: validate, convert, return (no side effects)."""
+"""What the decoders share: input checks (validate, convert, return), relabelling, and the
+smallest object they keep."""
 
 import numpy as np
+
+MIN_SIZE = 10  # pixels: flow, boundary and fused drop smaller objects (smallest DSB nucleus: 21)
 
 
 def as_float_map(array, ndim: int, name: str) -> np.ndarray:

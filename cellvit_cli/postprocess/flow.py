@@ -3,8 +3,8 @@
 The steps are cellpose's own (`cellpose.dynamics.follow_flows`, `get_masks_torch`,
 `cellpose.metrics.flow_error`, `cellpose.utils.fill_holes_and_remove_small_masks`), in
 the order of `cellpose.dynamics.compute_masks`, which stays the test oracle. They are
-split so that `training.tune` follows the flows once per `prob_thresh` and tries every
-`flow_thresh` on the same masks.
+split so that `cached_flow_decoder` (threshold tuning) follows the flows once per
+`prob_thresh` and tries every `flow_thresh` on the same masks.
 
 Units: our flows are unit vectors, cellpose's network outputs 5x that (compute_masks divides
 by 5 before following, flow_error compares against dP / 5); the steps below take unit flows
@@ -13,18 +13,19 @@ directly. Our prob is a probability; cellpose thresholds a logit, and `logit(p) 
 """
 
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 
 import numpy as np
 
-from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relabel
+from cellvit_cli.postprocess.checks import MIN_SIZE, as_float_map, check_same_shape, relabel
 
 N_ITER = 200              # Euler steps of the flow following (cellpose's default)
-MIN_SIZE = 10             # pixels; the smallest DSB nucleus has 21
 MAX_SIZE_FRACTION = 0.4   # masks above this fraction of the image are dropped (cellpose)
 CELLPOSE_FLOW_SCALE = 5.0
 
 
-def follow_flows(prob: np.ndarray, flows: np.ndarray, prob_thresh: float = 0.5,
+def follow_flows(prob: np.ndarray, flows: np.ndarray, prob_thresh: float,
                  n_iter: int = N_ITER) -> np.ndarray:
     """Masks from the sinks of the flows, before any quality check.
 
@@ -80,8 +81,8 @@ def remove_bad_flows(labels: np.ndarray, errors: np.ndarray, flow_thresh: float 
     return np.asarray(labels, np.int32)
 
 
-def decode_flow(prob: np.ndarray, flows: np.ndarray, prob_thresh: float = 0.5,
-                flow_thresh: float | None = 0.4, min_size: int = MIN_SIZE) -> np.ndarray:
+def decode_flow(prob: np.ndarray, flows: np.ndarray, prob_thresh: float,
+                flow_thresh: float | None, min_size: int = MIN_SIZE) -> np.ndarray:
     """Instance labels from a flow head's maps.
 
     prob: (Y, X) float cell probability in [0, 1]; flows: (2, Y, X) float unit (dy, dx)
@@ -97,3 +98,24 @@ def decode_flow(prob: np.ndarray, flows: np.ndarray, prob_thresh: float = 0.5,
     labels = follow_flows(prob, flows, prob_thresh)
     errors = flow_errors(labels, flows) if flow_thresh else np.zeros(labels.max())
     return remove_bad_flows(labels, errors, flow_thresh, min_size)
+
+
+def decode_flow_maps(maps: Mapping[str, np.ndarray], prob_thresh: float,
+                     flow_thresh: float | None) -> np.ndarray:
+    """`decode_flow` of maps["flow"] = float32 (3, Y, X) [prob, dy, dx]."""
+    return decode_flow(maps["flow"][0], maps["flow"][1:], prob_thresh, flow_thresh)
+
+
+def cached_flow_decoder(maps: Mapping[str, np.ndarray], settings: Sequence[Mapping[str, float]]
+                        ) -> Callable[[Mapping[str, float]], np.ndarray]:
+    """`decode_flow_maps` of one image for many settings ({prob_thresh, flow_thresh}): the
+    flows are followed, and their errors computed, once per prob_thresh (on first use, so
+    `settings` is not needed ahead)."""
+    prob, flows = maps["flow"][0], maps["flow"][1:]
+
+    @cache
+    def followed(prob_thresh):
+        masks = follow_flows(prob, flows, prob_thresh)
+        return masks, flow_errors(masks, flows)
+
+    return lambda th: remove_bad_flows(*followed(th["prob_thresh"]), th["flow_thresh"])

@@ -9,16 +9,17 @@ the star head alone decides what is an object. A polygon with no confident inter
 keeps its foreground pixels as seed.
 """
 
+from collections.abc import Callable, Mapping, Sequence
+
 import numpy as np
 from skimage.segmentation import watershed
 
-from cellvit_cli.postprocess.boundary import MIN_SIZE
-from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relabel
-from cellvit_cli.postprocess.star import decode_star
+from cellvit_cli.postprocess.checks import MIN_SIZE, as_float_map, check_same_shape, relabel
+from cellvit_cli.postprocess.star import cached_star_decoder, decode_star
 
 
-def fuse(polygon_labels: np.ndarray, fg: np.ndarray, boundary: np.ndarray, fg_thresh: float = 0.5,
-         boundary_thresh: float = 0.3, min_size: int = MIN_SIZE) -> np.ndarray:
+def fuse(polygon_labels: np.ndarray, fg: np.ndarray, boundary: np.ndarray, fg_thresh: float,
+         boundary_thresh: float, min_size: int = MIN_SIZE) -> np.ndarray:
     """Grow star polygons into the boundary head's foreground.
 
     polygon_labels: (Y, X) int rendered polygons; fg, boundary: (Y, X) float32.
@@ -34,8 +35,8 @@ def fuse(polygon_labels: np.ndarray, fg: np.ndarray, boundary: np.ndarray, fg_th
 
 
 def decode_fused(prob: np.ndarray, dist: np.ndarray, fg: np.ndarray, boundary: np.ndarray,
-                 prob_thresh: float = 0.5, nms_thresh: float = 0.4, fg_thresh: float = 0.5,
-                 boundary_thresh: float = 0.3, min_size: int = MIN_SIZE) -> np.ndarray:
+                 prob_thresh: float, nms_thresh: float, fg_thresh: float,
+                 boundary_thresh: float, min_size: int = MIN_SIZE) -> np.ndarray:
     """Instance labels from the star and boundary heads' maps.
 
     prob: (Y, X) star object probability; dist: (n_rays, Y, X) ray lengths in pixels;
@@ -46,3 +47,20 @@ def decode_fused(prob: np.ndarray, dist: np.ndarray, fg: np.ndarray, boundary: n
     check_same_shape(fg.shape, boundary=boundary, prob=np.asarray(prob))
     polygon_labels = decode_star(prob, dist, prob_thresh, nms_thresh)
     return fuse(polygon_labels, fg, boundary, fg_thresh, boundary_thresh, min_size)
+
+
+def decode_fused_maps(maps: Mapping[str, np.ndarray], prob_thresh: float, nms_thresh: float,
+                      fg_thresh: float, boundary_thresh: float) -> np.ndarray:
+    """`decode_fused` of maps["star"] (1 + n_rays, Y, X) and maps["boundary"] (2, Y, X)."""
+    star, boundary = maps["star"], maps["boundary"]
+    return decode_fused(star[0], star[1:], boundary[0], boundary[1], prob_thresh, nms_thresh,
+                        fg_thresh, boundary_thresh)
+
+
+def cached_fused_decoder(maps: Mapping[str, np.ndarray], settings: Sequence[Mapping[str, float]]
+                         ) -> Callable[[Mapping[str, float]], np.ndarray]:
+    """`decode_fused_maps` of one image for each of `settings`, its polygons from
+    `cached_star_decoder` (NMS once per nms_thresh)."""
+    star = cached_star_decoder(maps, settings)
+    fg, boundary = maps["boundary"]
+    return lambda th: fuse(star(th), fg, boundary, th["fg_thresh"], th["boundary_thresh"])

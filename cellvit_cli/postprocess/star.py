@@ -7,8 +7,8 @@ local maximum, at most the MAX_CANDIDATE_DENSITY most probable (stardist's own d
 takes every pixel; the APs are the same on every set measured, docs/postprocessing.md).
 Greedy NMS decides each candidate only from more probable ones, and neither the local
 maxima nor the cap depend on `prob_thresh`, so the objects kept at a higher `prob_thresh`
-are exactly those kept at a lower one with probability above it (`training.tune` relies
-on this).
+are exactly those kept at a lower one with probability above it (`cached_star_decoder`,
+used by threshold tuning, relies on this).
 
 stardist's NMS is OpenMP-parallel; on a busy machine (the network running beside decoding)
 its threads spin-wait for each other and one decoding took 10x longer than on one thread
@@ -17,6 +17,7 @@ which touches no other library's threads; parallelism belongs across images.
 """
 
 import ctypes
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -29,6 +30,7 @@ from stardist import polygons_to_label
 from stardist.nms import non_maximum_suppression_inds
 
 from cellvit_cli.postprocess.checks import as_float_map, check_same_shape, relabel
+from cellvit_cli.registry import MIN_RAYS
 
 CANDIDATE_BLOCK = 2   # 2x2 block maxima: as accurate, faster (docs/postprocessing.md)
 BORDER = 2            # stardist's `b`: no candidates this close to the image border
@@ -110,8 +112,8 @@ def is_local_max(prob: np.ndarray, points: np.ndarray, radius: int) -> np.ndarra
     return prob[points[:, 0], points[:, 1]] >= peak[points[:, 0], points[:, 1]]
 
 
-def star_nms(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
-             nms_thresh: float = 0.4, block: int = CANDIDATE_BLOCK) -> Polygons:
+def star_nms(prob: np.ndarray, dist: np.ndarray, prob_thresh: float, nms_thresh: float,
+             block: int = CANDIDATE_BLOCK) -> Polygons:
     """Polygons kept by stardist's greedy NMS.
 
     prob: (Y, X) float32 object probability; dist: (n_rays, Y, X) float32 ray lengths in
@@ -140,8 +142,8 @@ def polygons_to_labels(polygons: Polygons, shape: tuple[int, int]) -> np.ndarray
     return relabel(labels)
 
 
-def decode_star(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
-                nms_thresh: float = 0.4, block: int = CANDIDATE_BLOCK) -> np.ndarray:
+def decode_star(prob: np.ndarray, dist: np.ndarray, prob_thresh: float, nms_thresh: float,
+                block: int = CANDIDATE_BLOCK) -> np.ndarray:
     """Instance labels from a star head's maps.
 
     prob: (Y, X) float object probability in [0, 1]; dist: (n_rays, Y, X) float ray lengths
@@ -150,6 +152,31 @@ def decode_star(prob: np.ndarray, dist: np.ndarray, prob_thresh: float = 0.5,
     prob = as_float_map(prob, 2, "prob")
     dist = as_float_map(dist, 3, "dist")
     check_same_shape(prob.shape, dist=dist)
-    if dist.shape[0] < 3:
-        raise ValueError(f"dist needs at least 3 rays, got {dist.shape[0]}")
+    if dist.shape[0] < MIN_RAYS:
+        raise ValueError(f"dist needs at least {MIN_RAYS} rays, got {dist.shape[0]}")
     return polygons_to_labels(star_nms(prob, dist, prob_thresh, nms_thresh, block), prob.shape)
+
+
+def decode_star_maps(maps: Mapping[str, np.ndarray], prob_thresh: float,
+                     nms_thresh: float) -> np.ndarray:
+    """`decode_star` of maps["star"] = float32 (1 + n_rays, Y, X) [prob, dist x n_rays]."""
+    return decode_star(maps["star"][0], maps["star"][1:], prob_thresh, nms_thresh)
+
+
+def cached_star_decoder(maps: Mapping[str, np.ndarray], settings: Sequence[Mapping[str, float]]
+                        ) -> Callable[[Mapping[str, float]], np.ndarray]:
+    """`decode_star_maps` of one image for each of `settings` ({prob_thresh, nms_thresh}):
+    NMS runs once per nms_thresh, at the lowest prob_thresh of `settings`; a higher one
+    only filters its polygons (see the module docstring)."""
+    prob, dist = maps["star"][0], maps["star"][1:]
+    lowest = min(s["prob_thresh"] for s in settings)
+
+    @cache
+    def polygons(nms_thresh):
+        return star_nms(prob, dist, lowest, nms_thresh)
+
+    @cache
+    def rendered(prob_thresh, nms_thresh):
+        return polygons_to_labels(polygons(nms_thresh).above(prob_thresh), prob.shape)
+
+    return lambda th: rendered(th["prob_thresh"], th["nms_thresh"])

@@ -1,7 +1,8 @@
 """Training targets from instance labels, in the dense-map layout of each head.
 
 The targets of a head have exactly the layout of its activated prediction (see
-docs/architecture.md), so decoding the targets is the round trip that tests a head.
+docs/architecture.md), so decoding the targets is the round trip that tests a head. Each
+head's builder is its own module here, named by the head's entry in `cellvit_cli.registry`.
 """
 
 from collections.abc import Sequence
@@ -9,16 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellvit_cli.targets.boundary import boundary_targets
-from cellvit_cli.targets.flow import flow_targets
-from cellvit_cli.targets.star import star_targets
-
-HEADS = ("star", "flow", "boundary")
-
-
-def head_channels(head: str, n_rays: int = 32) -> int:
-    """Number of channels of `head`'s dense map."""
-    return {"star": 1 + n_rays, "flow": 3, "boundary": 2}[head]
+from cellvit_cli.registry import HEADS, head_spec
 
 
 def clean_labels(labels: np.ndarray) -> np.ndarray:
@@ -47,10 +39,15 @@ def make_targets(labels: np.ndarray, heads: Sequence[str] = HEADS,
 
     labels: (Y, X) int instance labels. Returns {head: float32 (C, Y, X)}.
     """
-    labels = clean_labels(labels)
-    makers = {"star": lambda: star_targets(labels, n_rays), "flow": lambda: flow_targets(labels),
-              "boundary": lambda: boundary_targets(labels)}
-    unknown = set(heads) - set(makers)
+    unknown = set(heads) - set(HEADS)
     if unknown:
         raise ValueError(f"unknown head(s) {sorted(unknown)}: choose from {HEADS}")
-    return {head: makers[head]() for head in heads}
+    labels = clean_labels(labels)
+    return {head: head_targets(labels, head, n_rays) for head in heads}
+
+
+def head_targets(labels: np.ndarray, head: str, n_rays: int = 32) -> np.ndarray:
+    """float32 (C, Y, X) targets of one head for (Y, X) int32 `labels` already cleaned
+    (`clean_labels`); n_rays goes to ray heads only."""
+    spec = head_spec(head)
+    return spec.targets(labels, n_rays) if spec.ray_channels else spec.targets(labels)

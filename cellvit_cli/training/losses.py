@@ -1,7 +1,10 @@
-"""Per-head losses on raw outputs against targets in the dense-map layout."""
+"""Per-head losses on raw outputs against targets in the dense-map layout (each head's
+entry in `cellvit_cli.registry` names its loss here)."""
 
 import torch
 import torch.nn.functional as F
+
+from cellvit_cli.registry import head_spec
 
 DIST_WEIGHT = 0.1    # star: L1 on rays (px), weighted by the object probability
 FLOW_WEIGHT = 12.5   # flow: cellpose's MSE on 5x flows, halved
@@ -31,11 +34,9 @@ def boundary_loss(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return fg + boundary
 
 
-LOSSES = {"star": star_loss, "flow": flow_loss, "boundary": boundary_loss}
-
-
 def total_loss(raw: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum of the heads' losses, and each head's loss as a float for logging."""
-    parts = {head: LOSSES[head](raw[head].float(), targets[head]) for head in raw}
+    """Sum of the heads' losses (each head's from the registry), and each head's loss as a
+    float for logging."""
+    parts = {head: head_spec(head).loss(raw[head].float(), targets[head]) for head in raw}
     return sum(parts.values()), {head: float(v.detach()) for head, v in parts.items()}

@@ -1,90 +1,30 @@
 """Threshold tuning: per decoding mode, a grid search maximising pooled DSB AP@0.5.
 
-Each mode's thresholds are searched on a coarse grid (COARSE_GRIDS), then on a fine grid of
-the best value +- one FINE_STEPS step per threshold (settings already scored are not
-decoded again). The criterion is pooled AP@0.5 (`cellvit_cli.metrics`, TP / (TP+FP+FN) over
-all validation objects) rounded to 3 decimals; ties go to the higher AP averaged over IoU
-0.5, 0.55, .., 0.9. `fused` is searched in two stages: its star thresholds start from the
-tuned `star` ones while fg/boundary are searched, then all four are refined together.
+Each mode's thresholds are searched on a coarse grid (each threshold's `coarse` values in
+`cellvit_cli.registry`), then on a fine grid of the best value +- one `fine_step` per
+threshold (settings already scored are not decoded again). The criterion is pooled AP@0.5
+(`cellvit_cli.metrics`, TP / (TP+FP+FN) over all validation objects) rounded to 3 decimals;
+ties go to the higher AP averaged over IoU 0.5, 0.55, .., 0.9. A mode `tuned_after` another
+(`fused` after `star`) is searched in two stages: the other mode's thresholds start from
+their tuned values while its own are searched, then all are refined together.
 
-Expensive steps run once per image and setting that needs them: star NMS once per
-`nms_thresh` (at the lowest `prob_thresh` asked; higher ones only filter its result, see
-`postprocess.star`), flow following and flow errors once per `prob_thresh` (every
-`flow_thresh` reuses them).
+Expensive steps run once per image and setting that needs them (`postprocess.cached_decoder`):
+star NMS once per `nms_thresh`, flow following and flow errors once per `prob_thresh`.
 """
 
-from collections.abc import Callable, Mapping, Sequence
-from functools import cache
+from collections.abc import Mapping, Sequence
 from itertools import product
 
 import numpy as np
 
 from cellvit_cli.metrics import MatchCounts, label_overlap, match_counts, pool, scores
-from cellvit_cli.postprocess import DEFAULT_THRESHOLDS, check_maps
-from cellvit_cli.postprocess.boundary import decode_boundary
-from cellvit_cli.postprocess.flow import flow_errors, follow_flows, remove_bad_flows
-from cellvit_cli.postprocess.fused import fuse
-from cellvit_cli.postprocess.star import polygons_to_labels, star_nms
+from cellvit_cli.postprocess import cached_decoder, check_maps
+from cellvit_cli.registry import mode_spec
 
 IOU_THRESHS = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))  # 0.5 .. 0.9
-COARSE_GRIDS = {
-    "star": {"prob_thresh": (0.3, 0.4, 0.5, 0.6, 0.7), "nms_thresh": (0.2, 0.3, 0.4, 0.5)},
-    "flow": {"prob_thresh": (0.3, 0.4, 0.5, 0.6, 0.7), "flow_thresh": (0.0, 0.2, 0.4, 0.6, 0.8)},
-    "boundary": {"fg_thresh": (0.3, 0.4, 0.5, 0.6, 0.7),
-                 "boundary_thresh": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)},
-}
-FINE_STEPS = {"prob_thresh": 0.05, "nms_thresh": 0.05, "flow_thresh": 0.1,
-              "fg_thresh": 0.05, "boundary_thresh": 0.05}
 BOUNDS = (0.0, 0.99)  # every threshold stays in [0, 0.99]; flow_thresh 0 means no check
 
 Setting = tuple[tuple[str, float], ...]   # a hashable {threshold: value}
-Decoder = Callable[[dict], np.ndarray]
-
-
-# ---- decoders with per-image caches --------------------------------------------------------
-
-def _star_decoder(maps: Mapping, settings: Sequence[dict]) -> Decoder:
-    """Star decoding of one image; NMS runs once per nms_thresh at the lowest prob_thresh."""
-    prob, dist = maps["star"][0], maps["star"][1:]
-    lowest = min(s["prob_thresh"] for s in settings)
-
-    @cache
-    def polygons(nms_thresh):
-        return star_nms(prob, dist, lowest, nms_thresh)
-
-    @cache
-    def rendered(prob_thresh, nms_thresh):
-        return polygons_to_labels(polygons(nms_thresh).above(prob_thresh), prob.shape)
-
-    return lambda th: rendered(th["prob_thresh"], th["nms_thresh"])
-
-
-def _flow_decoder(maps: Mapping, settings: Sequence[dict]) -> Decoder:
-    """Flow decoding of one image; flows followed once per prob_thresh."""
-    prob, flows = maps["flow"][0], maps["flow"][1:]
-
-    @cache
-    def followed(prob_thresh):
-        masks = follow_flows(prob, flows, prob_thresh)
-        return masks, flow_errors(masks, flows)
-
-    return lambda th: remove_bad_flows(*followed(th["prob_thresh"]), th["flow_thresh"])
-
-
-def _boundary_decoder(maps: Mapping, settings: Sequence[dict]) -> Decoder:
-    fg, boundary = maps["boundary"]
-    return lambda th: decode_boundary(fg, boundary, th["fg_thresh"], th["boundary_thresh"])
-
-
-def _fused_decoder(maps: Mapping, settings: Sequence[dict]) -> Decoder:
-    """Fused decoding of one image, reusing the star decoder's caches."""
-    star = _star_decoder(maps, settings)
-    fg, boundary = maps["boundary"]
-    return lambda th: fuse(star(th), fg, boundary, th["fg_thresh"], th["boundary_thresh"])
-
-
-DECODERS = {"star": _star_decoder, "flow": _flow_decoder, "boundary": _boundary_decoder,
-            "fused": _fused_decoder}
 
 
 # ---- scoring -------------------------------------------------------------------------------
@@ -94,7 +34,7 @@ def evaluate(mode: str, settings: Sequence[dict], maps: Sequence[Mapping],
     """Pooled MatchCounts at IOU_THRESHS of each setting, images decoded one at a time."""
     totals = [None] * len(settings)
     for image_maps, true_labels in zip(maps, labels):
-        decoder = DECODERS[mode](image_maps, settings)
+        decoder = cached_decoder(image_maps, mode, settings)
         for k, th in enumerate(settings):
             counts = match_counts(label_overlap(np.asarray(true_labels), decoder(th)), IOU_THRESHS)
             totals[k] = counts if totals[k] is None else [pool(p) for p in zip(totals[k], counts)]
@@ -123,14 +63,15 @@ def grid_settings(grid: Mapping[str, Sequence[float]], fixed: Mapping[str, float
             for values in product(*(grid[n] for n in names))]
 
 
-def fine_grid(best: Mapping[str, float], names: Sequence[str]) -> dict[str, tuple[float, ...]]:
-    """best +- one FINE_STEPS step for each of `names`, kept within BOUNDS."""
+def fine_grid(best: Mapping[str, float], steps: Mapping[str, float]
+              ) -> dict[str, tuple[float, ...]]:
+    """best +- one step for each threshold of `steps` ({name: step}), kept within BOUNDS."""
     def around(name):
-        values = {round(min(max(best[name] + k * FINE_STEPS[name], BOUNDS[0]), BOUNDS[1]), 3)
+        values = {round(min(max(best[name] + k * steps[name], BOUNDS[0]), BOUNDS[1]), 3)
                   for k in (-1, 0, 1)}
         return tuple(sorted(values))
 
-    return {name: around(name) for name in names}
+    return {name: around(name) for name in steps}
 
 
 def search(mode: str, candidates: Sequence[Setting], maps, labels,
@@ -147,24 +88,26 @@ def tune_mode(mode: str, maps, labels, start: Mapping[str, float] | None = None,
               grid: Mapping[str, Sequence[float]] | None = None) -> tuple[dict, dict]:
     """Coarse then fine search of one mode. Returns (thresholds, scores of the best).
 
-    For `fused`, `start` gives its star thresholds (default: DEFAULT_THRESHOLDS["star"])
-    and `grid` its fg/boundary grid.
+    grid replaces the mode's coarse grid. For a mode `tuned_after` another, `start` gives
+    that mode's thresholds (default: its defaults), held fixed in the coarse search.
     """
-    scored: dict[Setting, dict] = {}
+    spec, scored = mode_spec(mode), {}
 
     def best_of(grid_, fixed=None):
         return dict(search(mode, grid_settings(grid_, fixed), maps, labels, scored))
 
-    if mode == "fused":
-        coarse = grid or COARSE_GRIDS["boundary"]
-        star = start or DEFAULT_THRESHOLDS["star"]
-        best = best_of(coarse, {name: star[name] for name in DEFAULT_THRESHOLDS["star"]})
-        best = best_of(fine_grid(best, list(coarse)), best)
-        best = best_of(fine_grid(best, list(best)), best)
-    else:
-        coarse = grid or COARSE_GRIDS[mode]
-        best = best_of(coarse)
-        best = best_of(fine_grid(best, list(coarse)), best)
+    def steps(names):
+        return {name: spec.fine_steps[name] for name in names}
+
+    coarse = grid or spec.coarse_grid
+    fixed = None
+    if spec.tuned_after:
+        inherited = mode_spec(spec.tuned_after)
+        fixed = {name: (start or inherited.defaults)[name] for name in inherited.thresholds}
+    best = best_of(coarse, fixed)
+    best = best_of(fine_grid(best, steps(coarse)), best)
+    if fixed:
+        best = best_of(fine_grid(best, steps(best)), best)
     return best, scored[tuple(sorted(best.items()))]
 
 
@@ -174,7 +117,7 @@ def tune_thresholds(maps: Sequence[Mapping[str, np.ndarray]], labels: Sequence[n
 
     maps: per image {head: float32 (C, Y, X)}; labels: per image (Y, X) int ground truth;
     modes: the modes to tune (their heads must be in every image's maps); grids: optional
-    coarse grids per mode replacing COARSE_GRIDS (for `fused`: its fg/boundary grid).
+    coarse grids per mode replacing the registry's (for `fused`: its fg/boundary grid).
     Returns {mode: {threshold: value}, "scores": {mode: {"ap50", "ap75", "ap90",
     "ap_50_90", "n_true"}}, "default_mode": the mode of highest rank_key}.
     """
@@ -186,8 +129,9 @@ def tune_thresholds(maps: Sequence[Mapping[str, np.ndarray]], labels: Sequence[n
     maps = [_checked(image_maps, modes) for image_maps in maps]
     grids = grids or {}
     result, all_scores = {}, {}
-    for mode in sorted(modes, key=lambda m: m == "fused"):  # fused starts from the tuned star
-        start = result.get("star") if mode == "fused" else None
+    for mode in sorted(modes, key=lambda m: mode_spec(m).tuned_after is not None):
+        after = mode_spec(mode).tuned_after  # fused starts from the tuned star
+        start = result.get(after) if after else None
         result[mode], all_scores[mode] = tune_mode(mode, maps, labels, start, grids.get(mode))
     best_mode = max(modes, key=lambda m: rank_key(all_scores[m]))
     return {**{m: result[m] for m in modes}, "scores": all_scores, "default_mode": best_mode}
