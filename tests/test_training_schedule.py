@@ -139,7 +139,8 @@ def test_the_kept_model_is_that_of_the_best_validation_epoch(sample, tmp_path):
     kept = load_model_folder(tmp_path).model.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in weights[1].items())
     assert not all(torch.equal(kept[k], v) for k, v in weights[2].items())
-    assert lines[1].endswith("new best)") and lines[2].endswith("(mean 0.400; best 0.600 at epoch 2)")
+    assert lines[1].endswith("new best)")
+    assert lines[2].endswith("(mean 0.400; best 0.600 at epoch 2)")
     assert read_state(tmp_path / "checkpoint.pt")["state"]["best_epoch"] == 2
     report = finish_report(trainer, {})
     assert report.best_epoch == 2 and report.best_scores == {"boundary": 0.6}
