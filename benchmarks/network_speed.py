@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from cellvit_cli.device import cpu_description, cpu_supports_bf16
 from cellvit_cli.modeling import VARIANTS, build_model
+from cellvit_cli.registry import HEADS
 
-HEADS = ("star", "flow", "boundary")
+
 
 
 def timed(fn, repeats: int) -> float:

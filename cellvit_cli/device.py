@@ -5,10 +5,11 @@ import logging
 
 import torch
 
+from cellvit_cli.settings import PRECISION_CHOICES
+
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (AVX512-BF16, AMX)
 CPUINFO = "/proc/cpuinfo"
 

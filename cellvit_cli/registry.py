@@ -41,7 +41,9 @@ class Head:
     targets(labels (Y, X) int32 [, n_rays]) -> float32 (C, Y, X), n_rays passed to ray heads
     only; activation(raw (B, C, H, W) tensor) -> maps of the same shape;
     loss(raw, target (B, C, H, W) tensors) -> scalar tensor. ray_scale multiplies the raw
-    ray outputs (the network predicts rays in units of ray_scale px).
+    ray outputs (the network predicts rays in units of ray_scale px). turn_back(maps (B, C,
+    H, W) of a flipped/rotated input with the pixels moved back, k, flip) -> the channels
+    turned back too (test-time augmentation, `inference.tta`); None: maps of scalars.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Head:
     loss: Lazy
     ray_channels: str | None = None
     ray_scale: float = 1.0
+    turn_back: Lazy | None = None
 
     def channels(self, n_rays: int = 32) -> int:
         """Number of channels of this head's map."""
@@ -124,9 +127,11 @@ def _ref(module: str, function: str) -> Lazy:
 _HEADS = (
     Head("star", ("prob",), _ref("targets.star", "star_targets"),
          _ref("modeling.heads", "prob_and_rays"), _ref("training.losses", "star_loss"),
-         ray_channels="dist", ray_scale=10.0),  # rays in units of 10 px: raw outputs near 1
+         ray_channels="dist", ray_scale=10.0,  # rays in units of 10 px: raw outputs near 1
+         turn_back=_ref("inference.tta", "turn_back_rays")),
     Head("flow", ("prob", "dy", "dx"), _ref("targets.flow", "flow_targets"),
-         _ref("modeling.heads", "prob_and_flows"), _ref("training.losses", "flow_loss")),
+         _ref("modeling.heads", "prob_and_flows"), _ref("training.losses", "flow_loss"),
+         turn_back=_ref("inference.tta", "turn_back_flows")),
     Head("boundary", ("fg", "boundary"), _ref("targets.boundary", "boundary_targets"),
          _ref("modeling.heads", "probabilities"), _ref("training.losses", "boundary_loss")),
 )

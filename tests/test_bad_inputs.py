@@ -89,7 +89,8 @@ def test_train_refuses_an_out_holding_a_model_unless_overwrite(data, tmp_path):
     assert _digest(out) == before
     result = _train(data, out, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not (out / "README.md").exists() and not (out / "scores.json").exists()
+    assert not (out / "scores.json").exists()
+    assert "old model" not in (out / "README.md").read_text()  # the new model's card
     assert load_model_folder(out).config.heads == ("boundary",)
     _error_line(_train(data, out, "--overwrite", "--resume"), "not both")
 
@@ -187,7 +188,7 @@ def test_resume_from_an_old_checkpoint_that_does_not_fit(sample, tmp_path):
     """Checkpoints written before they named their model: the state_dict error, one line."""
     _trainer(sample, tmp_path, ("boundary",)).save_checkpoint()
     payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    del payload["model_config"]
+    del payload["model_config"], payload["train_config"]
     torch.save(payload, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="checkpoint.pt: does not fit") as info:
         _trainer(sample, tmp_path, ("star",)).load_checkpoint()

@@ -3,6 +3,7 @@ multi-channel images (warning, --measure-channels) and channel-last arrays, with
 star model of test_segment_cli.py on the stardist sample."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from cellvit_cli.cli import main
 from cellvit_cli.inference.blocks import halo_for, plan_blocks
 from cellvit_cli.inference.pipeline import (SegmentSettings, Segmenter, segment_array,
                                             segment_paths)
+from cellvit_cli.modeling.folder import ModelFolderError, read_config, resolve_model
 from cellvit_cli.postprocess.cleanup import border_labels, clean_labels
-from cellvit_cli.preprocess import prepare
+from cellvit_cli.preprocess import PERCENTILES, prepare
 from cellvit_cli.samples import load_nuclei_sample
 from conftest import save_packed_cells_model
 
@@ -210,3 +212,54 @@ def test_measure_writes_one_cells_csv_for_the_run(tmp_path, nuclei, model_dir):
     assert combined == _rows(out / "a_cells.csv") + _rows(out / "b_cells.csv")
     assert {r["image"] for r in combined} == {"a.tif", "b.tif"}
     assert not list(out.glob(".*.tmp-*"))
+
+
+def _with_normalization(folder, percentiles):
+    """`folder`'s config.json with these normalization percentiles."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "normalization": {"percentiles": percentiles}}))
+    return folder
+
+
+def test_the_model_folder_normalization_applies_unless_given(tmp_path, nuclei):
+    model = _with_normalization(save_packed_cells_model(tmp_path / "m"), [5, 95])
+    data = nuclei[np.newaxis]
+    own = Segmenter.from_settings(_settings(), model)
+    assert own.percentiles == (5.0, 95.0)
+    np.testing.assert_array_equal(own.prepare(data), prepare(data, 1, percentiles=(5, 95)))
+    given = Segmenter.from_settings(_settings(norm_percentiles=(1, 99.8)), model)
+    np.testing.assert_array_equal(given.prepare(data), prepare(data, 1))
+    assert read_config(resolve_model()).percentiles == PERCENTILES == (1.0, 99.8)  # shipped
+
+
+@pytest.mark.parametrize("block_mode", ["on", "off"])
+def test_segment_normalises_as_the_model_folder_says(tmp_path, nuclei, monkeypatch, block_mode):
+    """Whole images and block mode take their percentiles from the model's config.json."""
+    model = _with_normalization(save_packed_cells_model(tmp_path / "m"), [20, 80])
+    tifffile.imwrite(tmp_path / "a.tif", nuclei)
+    percentile, used = np.percentile, []
+
+    def spy(a, q, *args, **kwargs):
+        used.append(tuple(np.atleast_1d(q).tolist()))
+        return percentile(a, q, *args, **kwargs)
+
+    monkeypatch.setattr(np, "percentile", spy)
+    result = _run(tmp_path / "a.tif", "-o", tmp_path / "out", "--model", model,
+                  "--block-mode", block_mode)
+    assert result.exit_code == 0, result.output
+    assert (20.0, 80.0) in used and PERCENTILES not in used
+
+
+def test_old_and_damaged_normalization_in_config_json(tmp_path):
+    model = save_packed_cells_model(tmp_path / "m")
+    path = model / "config.json"
+    old = json.loads(path.read_text()) | {"pixel_size": None}  # written before 0.2, unused
+    path.write_text(json.dumps(old))
+    assert read_config(model).percentiles == PERCENTILES
+    assert "pixel_size" not in json.loads((save_packed_cells_model(tmp_path / "n") /
+                                           "config.json").read_text())
+    for bad in ({"percentiles": [99, 1]}, {"low": 1}, [1, 99]):
+        path.write_text(json.dumps(old | {"normalization": bad}))
+        with pytest.raises(ModelFolderError, match="config.json: normalization must be"):
+            read_config(model)

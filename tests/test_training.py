@@ -1,17 +1,22 @@
+import json
+
 import numpy as np
 import pytest
 import tifffile
 import torch
 from click.testing import CliRunner
 
+from cellvit_cli import __version__
 from cellvit_cli.cli import main
-from cellvit_cli.preprocess import normalize_percentile
+from cellvit_cli.modeling.folder import DEFAULT_MODEL, models_dir
+from cellvit_cli.preprocess import PERCENTILES, normalize_percentile
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
 from cellvit_cli.targets.star import star_targets
 from cellvit_cli.training.augment import (MARGIN, AugmentConfig, CropGeometry, crop_at, dihedral,
                                           dihedral_flows, random_crop)
 from cellvit_cli.training.data import Sample, load_samples, pair_files
+from cellvit_cli.training.finish import CARD_MARK, write_card
 from cellvit_cli.training.loop import Trainer, TrainConfig
 
 
@@ -172,10 +177,74 @@ def test_train_cli_writes_a_complete_model_folder(folders, tmp_path):
         "--batch-size", "2", "--crop-size", "64", "--device", "cpu", "-o", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("config.json", "weights.pt", "thresholds.json", "train_log.csv",
-                 "training_curves.png", "checkpoint.pt"):
+                 "training_curves.png", "checkpoint.pt", "README.md", "train_config.json"):
         assert (out / name).is_file(), name
     from cellvit_cli.modeling import load_model_folder
-    assert load_model_folder(out).config.median_diameter > 0
+    loaded = load_model_folder(out)
+    assert loaded.config.median_diameter > 0 and loaded.config.percentiles == PERCENTILES
+    card = (out / "README.md").read_text()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert card.startswith(CARD_MARK) and "# model" in card
+    for text in ("`vit_nano_p16`", "| heads | boundary |", f"3 image(s) of `{images}`",
+                 "1 image(s) held out", "2 epoch(s), 4 steps of 2 crops of 64 px",
+                 f"epoch {summary['best_epoch']}", "| boundary | ", "fg_thresh",
+                 f"cellvit-cli {__version__}"):
+        assert text in card, text
+    assert (summary["train_images"], summary["val_images"]) == (3, 1)
+
+
+def test_train_keeps_a_hand_written_card(tmp_path):
+    """Only a card `cellvit train` wrote is replaced: a hand-written one (as the shipped
+    model's) stays."""
+    shipped = models_dir() / DEFAULT_MODEL / "README.md"
+    (tmp_path / "README.md").write_text(shipped.read_text())
+    assert not write_card(tmp_path, CARD_MARK + "\n# new\n")
+    assert (tmp_path / "README.md").read_text() == shipped.read_text()
+    (tmp_path / "README.md").write_text(CARD_MARK + "\n# an earlier run\n")
+    assert write_card(tmp_path, CARD_MARK + "\n# new\n")
+    assert (tmp_path / "README.md").read_text().endswith("# new\n")
+
+
+def _train(images, masks, out, *extra):
+    return CliRunner().invoke(main, [
+        "train", "--images", str(images), "--masks", str(masks), "--variant", "vit_nano_p16",
+        "--heads", "boundary", "--steps-per-epoch", "1", "--batch-size", "1", "--crop-size",
+        "64", "--device", "cpu", "-o", str(out), *map(str, extra)])
+
+
+def test_train_cli_resume_continues_and_keeps_the_run_record(folders, tmp_path):
+    images, masks = folders
+    out = tmp_path / "model"
+    assert _train(images, masks, out, "--epochs", "1").exit_code == 0
+    record = json.loads((out / "train_config.json").read_text())
+    result = _train(images, masks, out, "--epochs", "2", "--val-every", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "trained 2 epoch(s), 2 steps" in result.output
+    resumed = json.loads((out / "train_config.json").read_text())
+    assert resumed["config"] == record["config"] and resumed["pairs"] == record["pairs"]
+    assert record["resumes"] == [] and len(resumed["resumes"]) == 1
+    entry = resumed["resumes"][0]
+    assert (entry["epoch"], entry["step"]) == (1, 1)
+    assert entry["changed"] == {"epochs": [1, 2], "val_every": [1, 2]}
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["train_config"]["epochs"] == 2 and payload["train_config"]["heads"] == (
+        "boundary",)
+
+
+def test_train_cli_resume_with_other_settings_is_one_line_error(folders, tmp_path):
+    images, masks = folders
+    out = tmp_path / "model"
+    assert _train(images, masks, out, "--epochs", "1").exit_code == 0
+    before = (out / "train_config.json").read_text()
+    result = _train(images, masks, out, "--epochs", "2", "--lr", "0.001", "--crop-size", "96",
+                    "--resume")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    line = errors[0]
+    assert str(out / "checkpoint.pt") in line and "epochs" not in line
+    assert "lr 0.0005 (this run: 0.001)" in line and "augment.crop_size 64 (this run: 96)" in line
+    assert (out / "train_config.json").read_text() == before
 
 
 def test_train_cli_refuses_masks_missing_for_images(folders, tmp_path):

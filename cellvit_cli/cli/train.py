@@ -4,22 +4,23 @@ from pathlib import Path
 
 import click
 
+from cellvit_cli.cli.options import build, setting_option
 from cellvit_cli.registry import HEADS as HEAD_NAMES
+from cellvit_cli.settings import AugmentConfig, TrainConfig, TrainRequest, default_of
 
 
 def _heads(ctx, param, value: str) -> tuple[str, ...]:
-    heads = tuple(h.strip() for h in value.split(",") if h.strip())
-    if not heads or set(heads) - set(HEAD_NAMES):
-        raise click.BadParameter(f"{value!r}: give a comma list of {', '.join(HEAD_NAMES)}")
-    return heads
+    """--heads star,flow -> ('star', 'flow'); TrainConfig checks the names."""
+    return tuple(h.strip() for h in value.split(",") if h.strip())
 
 
-def _variant(ctx, param, value: str) -> str:
-    from cellvit_cli.modeling import VARIANTS  # imports torch: only when the command runs
+def _check_variant(variant: str) -> None:
+    """A usage error for an unknown --variant (after the light checks: this imports torch)."""
+    from cellvit_cli.modeling import VARIANTS
 
-    if value not in VARIANTS:
-        raise click.BadParameter(f"{value!r}: choose from {', '.join(sorted(VARIANTS))}")
-    return value
+    if variant not in VARIANTS:
+        raise click.BadParameter(f"{variant!r}: choose from {', '.join(sorted(VARIANTS))}",
+                                 param_hint="'--variant'")
 
 
 def _say(line: str) -> None:
@@ -29,6 +30,8 @@ def _say(line: str) -> None:
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_REQUEST_FIELDS = ("images", "masks", "ids_file", "val_images", "val_masks", "val_ids_file",
+                   "val_fraction", "out_dir", "cache_dir", "mask_suffix")
 
 
 @click.command()
@@ -44,67 +47,70 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--val-images", type=existing_dir, help="Validation images (default: --images).")
 @click.option("--val-masks", type=existing_dir, help="Validation masks (default: --masks).")
 @click.option("--val-ids-file", type=existing_file, help="Validation stems (one per line).")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
-              help="Hold out this fraction of the training pairs for validation instead.")
+@click.option("--val-fraction", type=float, default=None,
+              help="Hold out this fraction (0 to 0.9) of the training pairs for validation "
+                   "instead.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Model folder to write (config, weights, thresholds, logs).")
-@click.option("--variant", default="vit_tiny_p16", show_default=True, callback=_variant,
-              help="vit_nano_p16 (tests), vit_tiny_p16 (CPU), vit_tiny_p8, vit_small_p16 (GPU).")
-@click.option("--heads", default=",".join(HEAD_NAMES), show_default=True, callback=_heads,
-              help="Comma list of heads to train jointly.")
-@click.option("--in-channels", type=click.IntRange(1), default=1, show_default=True,
-              help="Channels the model takes: 1 averages multi-channel images to grey; N "
-                   "uses the first N channels (a grey image is repeated).")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
-              help="Default: one crop per training image per epoch.")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--crop-size", type=click.IntRange(32), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=5e-4, show_default=True)
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
-              help="Minutes of training: the LR schedule follows time and training stops "
-                   "there (or at --epochs, whichever comes first). Not bit-reproducible.")
-@click.option("--val-every", type=click.IntRange(1), default=1, show_default=True,
-              help="Epochs between validations.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--seed", type=int, default=0, show_default=True)
+              help="Model folder to write (config, weights, thresholds, model card, logs).")
+@setting_option(TrainConfig, "--variant", show_default=True,
+                help="vit_nano_p16 (tests), vit_tiny_p16 (CPU), vit_tiny_p8, vit_small_p16 "
+                     "(GPU).")
+@click.option("--heads", default=",".join(default_of(TrainConfig, "heads")), show_default=True,
+              callback=_heads,
+              help=f"Comma list of heads to train jointly: {', '.join(HEAD_NAMES)}.")
+@setting_option(TrainConfig, "--in-channels", type=int, show_default=True,
+                help="Channels the model takes: 1 averages multi-channel images to grey; N "
+                     "uses the first N channels (a grey image is repeated).")
+@setting_option(TrainConfig, "--epochs", type=int, show_default=True)
+@setting_option(TrainConfig, "--steps-per-epoch", type=int,
+                help="Default: one crop per training image per epoch.")
+@setting_option(TrainConfig, "--batch-size", type=int, show_default=True)
+@setting_option(AugmentConfig, "--crop-size", type=int, show_default=True,
+                help="Side of the square training crops (px, >= 32).")
+@setting_option(TrainConfig, "--lr", type=float, show_default=True,
+                help="Peak learning rate (AdamW; warm-up, then cosine decay).")
+@setting_option(TrainConfig, "--time-budget", type=float,
+                help="Minutes of training: the LR schedule follows time and training stops "
+                     "there (or at --epochs, whichever comes first). Not bit-reproducible.")
+@setting_option(TrainConfig, "--val-every", type=int, show_default=True,
+                help="Epochs between validations.")
+@setting_option(TrainConfig, "--device", show_default=True,
+                help="auto, cpu, cuda, cuda:N or mps.")
+@setting_option(TrainConfig, "--seed", type=int, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where flow targets are cached (default: OUT/.target_cache).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/checkpoint.pt (with the settings it was trained with; "
+                   "more --epochs, a longer --time-budget, another --val-every or --device "
+                   "may change).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the model already in OUT (its card, scores and logs go too).")
-def train(images, masks, mask_suffix, ids_file, val_images, val_masks, val_ids_file,
-          val_fraction, out_dir, variant, heads, in_channels, epochs, steps_per_epoch,
-          batch_size, crop_size, lr, time_budget, val_every, device, seed, cache_dir, resume,
-          overwrite):
+def train(resume, overwrite, crop_size, **options):
     """Train a model on images and instance masks; write a model folder.
 
     Images pair with masks by name: img1.tif with masks/img1.tif, or img1_masks.tif (also
     in the images folder itself, as Cellpose keeps them) or img1_seg.npy. Crops are
     augmented (flips, rotations, scale, intensity); one line per validation (every
     --val-every epochs) gives AP@0.5 per mode and the best so far, and the best model is
-    kept; thresholds are tuned on the validation set at the end, and a closing summary
-    says where the model is. Interrupted runs continue with --resume; an OUT that already
-    holds a model is refused unless --overwrite.
+    kept; thresholds are tuned on the validation set at the end, a model card (README.md)
+    is written, and a closing summary says where the model is. Interrupted runs continue
+    with --resume; an OUT that already holds a model is refused unless --overwrite.
 
     \b
     Example:
       cellvit train --images data/images --masks data/masks --val-fraction 0.1 \\
           --epochs 50 -o models/my_model
     """
-    from cellvit_cli.training.finish import report_lines
-    from cellvit_cli.training.run import TrainRequest, run_training
-
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
-    request = TrainRequest(images, masks, ids_file, val_images, val_masks, val_ids_file,
-                           val_fraction, out_dir, cache_dir, mask_suffix)
+    request = build(TrainRequest, **{k: options.pop(k) for k in _REQUEST_FIELDS})
+    cfg = build(TrainConfig, augment=build(AugmentConfig, crop_size=crop_size), **options)
+    _check_variant(cfg.variant)
+    from cellvit_cli.training.finish import report_lines
+    from cellvit_cli.training.run import run_training
+
     try:
-        report = run_training(
-            request, resume=resume, overwrite=overwrite, log=_say, variant=variant,
-            heads=heads, in_channels=in_channels, epochs=epochs, steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size, crop_size=crop_size, lr=lr, time_budget=time_budget,
-            val_every=val_every, device=device, seed=seed)
+        report = run_training(request, cfg, resume=resume, overwrite=overwrite, log=_say)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
     except OSError as err:  # e.g. the disk filled up or a folder went read-only mid-run

@@ -324,7 +324,7 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
             try:
                 segmenter.warn_averaged(regions.shape[0], path)
                 source = RegionSource(regions, config.in_channels,
-                                      percentiles=settings.norm_percentiles,
+                                      percentiles=segmenter.percentiles,
                                       inverted=settings.invert)
             except InputError:
                 raise

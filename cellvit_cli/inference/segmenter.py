@@ -3,179 +3,20 @@
 
 import logging
 import math
-import os
-from dataclasses import dataclass
 
 import numpy as np
 
-from cellvit_cli.device import (PRECISION_CHOICES, default_batch_size,
-                                          resolve_device, resolve_precision)
+from cellvit_cli.device import default_batch_size, resolve_device, resolve_precision
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.inference.sizing import SizeEstimate, clamp_zoom, estimate_zoom
 from cellvit_cli.postprocess.cleanup import ALL_BORDERS, clean_labels
-from cellvit_cli.preprocess import (PERCENTILES, averages_channels, check_percentiles, prepare,
-                                    rescale, resize_labels)
+from cellvit_cli.preprocess import averages_channels, prepare, rescale, resize_labels
+from cellvit_cli.settings import AUTO, BLOCK_MODES, SegmentSettings, check_thresholds
+
+__all__ = ["BLOCK_MODES", "SegmentSettings", "Segmenter", "check_thresholds", "segment_array",
+           "segment_array_with_size"]
 
 log = logging.getLogger(__name__)
-
-BLOCK_MODES = ("auto", "on", "off")
-AUTO = "auto"
-ALL = "all"
-THRESHOLD_NAMES = ("prob_thresh", "nms_thresh", "flow_thresh", "fg_thresh", "boundary_thresh")
-
-
-@dataclass
-class SegmentSettings:
-    """What `segment_paths` and `segment_array` do, besides which images and where to.
-
-    diameter: typical cell diameter in the input (px), giving zoom = the model's median
-    training diameter / diameter; "auto" (or 0, the default) estimates it per image
-    (`sizing.estimate_zoom`). scale: a fixed zoom instead (no estimate). batch_size: tiles
-    per batch (None: 8 on a GPU, 1 on the CPU, where ViT-tiny takes ~180 MB per 512 px
-    tile). precision: 'auto' (bf16 on CUDA and on CPUs with native bf16, else fp32),
-    'fp32' or 'bf16' (`device.resolve_precision`). block_mode: 'auto' (images above
-    `pixel_budget` pixels after zoom), 'on' or 'off'. workers: decoding threads (None:
-    half the CPU cores, 1 to 4). progress: tqdm bars on stderr (shown on terminals only).
-
-    prob_thresh, nms_thresh, flow_thresh, fg_thresh, boundary_thresh: override the model's
-    thresholds.json for the decoding mode (None: the model's; a threshold the mode does not
-    use is a ValueError). min_size: objects under this many pixels (at the input's size)
-    are dropped; exclude_edges: so are those touching the image border. norm_percentiles:
-    (low, high) percentiles mapped to 0 and 1; invert: then 1 - value (dark objects on a
-    bright background). measure_channels: the channels measured ("all", or indices; None:
-    `channel` if given, else all).
-    """
-
-    model: str | os.PathLike | None = None
-    mode: str = "auto"
-    channel: int | None = None
-    diameter: float | str = AUTO
-    scale: float | None = None
-    batch_size: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    tile_size: int = 512
-    overlap: int = 64
-    block_mode: str = "auto"
-    block_size: int = 1536          # block mode keeps ~2 blocks of maps (~136 B/px) in memory
-    pixel_budget: int = 3072 * 3072  # whole-image mode above this is 1.3 GB of maps
-    overwrite: bool = False
-    roi: bool = False
-    geojson: bool = False
-    overlay: bool = False
-    measure: bool = False
-    save_maps: bool = False
-    recursive: bool = False
-    pattern: str | None = None
-    workers: int | None = None
-    progress: bool = True
-    prob_thresh: float | None = None
-    nms_thresh: float | None = None
-    flow_thresh: float | None = None
-    fg_thresh: float | None = None
-    boundary_thresh: float | None = None
-    min_size: int = 0
-    exclude_edges: bool = False
-    norm_percentiles: tuple[float, float] = PERCENTILES
-    invert: bool = False
-    measure_channels: str | tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        self.norm_percentiles = check_percentiles(self.norm_percentiles)
-        self.measure_channels = _parse_channels(self.measure_channels)
-        check_thresholds(self.threshold_overrides, self.mode)
-        self.diameter = _parse_diameter(self.diameter)
-        self.precision = str(self.precision).strip().lower()
-        if self.scale is not None and self.diameter != AUTO:
-            raise ValueError("give diameter or scale, not both")
-        checks = [(self.batch_size is None or self.batch_size >= 1, "batch size must be >= 1"),
-                  (self.precision in PRECISION_CHOICES,
-                   f"precision must be one of {', '.join(PRECISION_CHOICES)}"),
-                  (self.tile_size >= 16, "tile size must be >= 16"),
-                  (0 <= self.overlap < self.tile_size, "overlap must be >= 0 and < tile size"),
-                  (self.block_mode in BLOCK_MODES, f"block mode must be one of {BLOCK_MODES}"),
-                  (self.block_size >= 256, "block size must be >= 256"),
-                  (self.scale is None or self.scale > 0, "scale must be > 0"),
-                  (self.channel is None or self.channel >= 0, "channel must be >= 0"),
-                  (self.min_size >= 0, "min size must be >= 0"),
-                  (self.measure_channels is None or self.measure,
-                   "measure channels (--measure-channels) need measure (--measure)")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    @property
-    def auto_size(self) -> bool:
-        """Whether the zoom is estimated per image."""
-        return self.scale is None and self.diameter == AUTO
-
-    @property
-    def threshold_overrides(self) -> dict[str, float]:
-        """{threshold name: value} of the thresholds given (not None)."""
-        return {name: float(getattr(self, name)) for name in THRESHOLD_NAMES
-                if getattr(self, name) is not None}
-
-    def measured_channels(self, n_channels: int) -> list[int]:
-        """The channel indices of an image of `n_channels` that measurements cover;
-        ValueError for one out of range."""
-        chosen = self.measure_channels
-        if chosen is None:
-            chosen = ALL if self.channel is None else (self.channel,)
-        if chosen != ALL and max(chosen) >= n_channels:
-            raise ValueError(f"measure channel {max(chosen)} out of range: the image has "
-                             f"{n_channels} channel(s), numbered from 0")
-        return list(range(n_channels)) if chosen == ALL else list(chosen)
-
-    @property
-    def exports(self) -> dict[str, bool]:
-        """{output name in `export.OUTPUT_SUFFIXES`: asked for} of the optional outputs."""
-        return {"rois": self.roi, "geojson": self.geojson, "overlay": self.overlay,
-                "measurements": self.measure, "maps": self.save_maps}
-
-
-def check_thresholds(overrides: dict[str, float], mode: str) -> None:
-    """ValueError for a threshold out of range, or (mode not 'auto') one `mode` does not use."""
-    from cellvit_cli.postprocess import DEFAULT_THRESHOLDS
-
-    for name, value in overrides.items():
-        high = math.inf if name == "flow_thresh" else 1.0
-        if not 0 <= value <= high:
-            raise ValueError(f"{name} must be between 0 and {high:g}, got {value:g}")
-    if mode == AUTO:
-        return
-    unused = sorted(set(overrides) - set(DEFAULT_THRESHOLDS[mode]))
-    if unused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-        uses = ", ".join("--" + name.replace("_", "-") for name in DEFAULT_THRESHOLDS[mode])
-        raise ValueError(f"{flags}: not used by mode {mode!r}, which takes {uses}")
-
-
-def _parse_channels(value) -> str | tuple[int, ...] | None:
-    """None, 'all' or channel indices (ints, or a '0,2' string) -> None, 'all' or a tuple."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == ALL):
-        return None if value is None else ALL
-    items = value.split(",") if isinstance(value, str) else value
-    try:
-        channels = tuple(int(str(item).strip()) for item in items)
-    except ValueError:
-        raise ValueError(f"measure channels must be 'all' or indices like 0,2, "
-                         f"got {value!r}") from None
-    if not channels or min(channels) < 0:
-        raise ValueError(f"measure channels must be 'all' or indices >= 0, got {value!r}")
-    return tuple(dict.fromkeys(channels))
-
-
-def _parse_diameter(value) -> float | str:
-    """'auto', None or 0 -> 'auto'; a positive number -> float; ValueError otherwise."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == AUTO):
-        return AUTO
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"diameter must be 'auto' or a number of pixels, got {value!r}") from None
-    if number < 0 or not np.isfinite(number):
-        raise ValueError(f"diameter must be >= 0 (0: auto), got {value!r}")
-    return AUTO if number == 0 else number
 
 
 class Segmenter:
@@ -183,7 +24,8 @@ class Segmenter:
 
     `scale` is the fixed zoom, or None when it is estimated per image (`estimate`).
     `heads`: those the mode decodes; `map_heads`: those the network computes (every head of
-    the model with settings.save_maps, else `heads`).
+    the model with settings.save_maps, else `heads`). `percentiles`: the (low, high)
+    normalisation percentiles, settings.norm_percentiles or else the model's.
     """
 
     def __init__(self, loaded, settings: SegmentSettings, device=None):
@@ -191,6 +33,7 @@ class Segmenter:
 
         config = loaded.config
         self.loaded, self.settings = loaded, settings
+        self.percentiles = settings.norm_percentiles or config.percentiles
         self.mode = (auto_mode(config.heads, loaded.thresholds) if settings.mode == "auto"
                      else settings.mode)
         self.heads = heads = required_heads(self.mode)
@@ -228,13 +71,13 @@ class Segmenter:
         return cls(model, settings, device)
 
     def prepare(self, data: np.ndarray, zoom: float = 1.0, name=None) -> np.ndarray:
-        """Raw (C, Y, X) -> model input float32 (C_model, Y*zoom, X*zoom), normalised as
-        the settings say. `name` (the image's file): warn when its channels are averaged."""
+        """Raw (C, Y, X) -> model input float32 (C_model, Y*zoom, X*zoom), normalised
+        between `percentiles` (inverted if the settings say). `name` (the image's file):
+        warn when its channels are averaged."""
         if name is not None:
             self.warn_averaged(data.shape[0], name)
-        settings = self.settings
-        return prepare(data, self.loaded.config.in_channels, None, zoom,
-                       settings.norm_percentiles, settings.invert)
+        return prepare(data, self.loaded.config.in_channels, None, zoom, self.percentiles,
+                       self.settings.invert)
 
     def warn_averaged(self, n_channels: int, name) -> None:
         """Log a warning naming `name` and --channel when a one-channel model would get the

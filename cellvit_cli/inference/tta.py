@@ -11,6 +11,8 @@ the maps of a rotated image are the rotated maps.
 import torch
 from torch import nn
 
+from cellvit_cli.registry import head_spec
+
 # (k, flip): rotate by k * 90 degrees counter-clockwise (torch/np.rot90) after flipping X
 DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
 
@@ -49,9 +51,6 @@ def turn_back_rays(star: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.cat([star[:, :1], star[:, 1:][:, order]], dim=1)
 
 
-CHANNEL_TURNS = {"flow": turn_back_flows, "star": turn_back_rays}  # other heads: scalar maps
-
-
 def turns_for(maps_channels: dict[str, int]) -> tuple[tuple[int, bool], ...]:
     """The transforms whose maps can be turned back: all 8; a half turn and flips when a
     star head's rays divide into halves but not quarters; none but the identity otherwise."""
@@ -83,5 +82,6 @@ class TTANetwork(nn.Module):
         for k, flip in turns[1:]:
             for head, m in self.network(transform(x, k, flip)).items():
                 m = untransform(m.float(), k, flip)
-                total[head] += CHANNEL_TURNS[head](m, k, flip) if head in CHANNEL_TURNS else m
+                turn_back = head_spec(head).turn_back
+                total[head] += turn_back(m, k, flip) if turn_back else m
         return {head: m / len(turns) for head, m in total.items()}

@@ -13,13 +13,16 @@ from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling.build import VARIANTS, build_model
 from cellvit_cli.modeling.model import CellViT
 from cellvit_cli.postprocess import MODES, mode_thresholds
+from cellvit_cli.preprocess import PERCENTILES
 from cellvit_cli.registry import HEADS
+from cellvit_cli.settings import check_percentiles
 
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "nuclei_fluo_tiny"
 CONFIG_FILE, THRESHOLDS_FILE, WEIGHTS_FILE, CARD_FILE = (
     "config.json", "thresholds.json", "weights.pt", "README.md")
 SCORES_FILE = "scores.json"  # {data set: {mode: {"ap50": .., "ap75": .., "map": .., ...}}}
+RETIRED_KEYS = ("pixel_size",)  # written by earlier versions, never used: ignored on reading
 # what torch.load raises on a damaged file: short reads, a broken zip, a bad pickle
 _TORCH_LOAD_ERRORS = (OSError, EOFError, RuntimeError, KeyError, ValueError,
                       pickle.UnpicklingError)
@@ -33,14 +36,19 @@ class ModelConfig:
     heads: tuple[str, ...]
     in_channels: int = 1
     n_rays: int = 32
-    normalization: dict = field(default_factory=lambda: {"percentiles": [1.0, 99.8]})
-    pixel_size: float | None = None   # um per pixel of the training data, if known
+    # the intensity percentiles (low, high) mapped to 0 and 1 in training; segment uses them
+    normalization: dict = field(default_factory=lambda: {"percentiles": list(PERCENTILES)})
     median_diameter: float = 17.0     # px, median object diameter of the training data
     format_version: int = FORMAT_VERSION
     code_version: str = __version__
 
     def build(self) -> CellViT:
         return build_model(self.variant, tuple(self.heads), self.in_channels, self.n_rays)
+
+    @property
+    def percentiles(self) -> tuple[float, float]:
+        """(low, high) of `normalization`: how the model's input is normalised."""
+        return tuple(self.normalization["percentiles"])
 
 
 @dataclass
@@ -119,6 +127,7 @@ def read_config(folder: Path) -> ModelConfig:
     if version != FORMAT_VERSION:
         raise ModelFolderError(f"{folder}: model format {version}, this cellvit-cli "
                                f"({__version__}) reads format {FORMAT_VERSION}")
+    raw = {k: v for k, v in raw.items() if k not in RETIRED_KEYS}
     known = set(ModelConfig.__dataclass_fields__)
     if set(raw) - known:
         raise ModelFolderError(f"{path}: unknown keys {sorted(set(raw) - known)}")
@@ -130,6 +139,7 @@ def read_config(folder: Path) -> ModelConfig:
         raise ModelFolderError(f"{folder}: variant {config.variant!r} or heads {config.heads} "
                                f"unknown to this cellvit-cli ({__version__})")
     _check_numbers(path, config)
+    _check_normalization(path, config)
     return config
 
 
@@ -140,6 +150,16 @@ def _check_numbers(path: Path, config: ModelConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
             kind = "integer" if kinds is int else "number"
             raise ModelFolderError(f"{path}: {name} must be a positive {kind}, got {value!r}")
+
+
+def _check_normalization(path: Path, config: ModelConfig) -> None:
+    """normalization: {"percentiles": [low, high]} with 0 <= low < high <= 100."""
+    try:
+        config.normalization["percentiles"] = list(check_percentiles(
+            config.normalization["percentiles"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFolderError(f"{path}: normalization must be {{\"percentiles\": [LOW, HIGH]}}"
+                               f" ({_reason(err)})") from err
 
 
 def read_thresholds(folder: Path) -> dict:

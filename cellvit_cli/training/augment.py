@@ -13,29 +13,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
 
+from cellvit_cli.settings import AugmentConfig  # light, for the CLI's defaults
 from cellvit_cli.targets.boundary import boundary_targets
 from cellvit_cli.targets.star import star_targets
 from cellvit_cli.training.data import Sample
 
 MARGIN = 32  # px of context around a crop so that rays of objects cut by the crop stay true
 GLOW_PX = 3  # px around an object that take its gain in `scale_objects`
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    crop_size: int = 128
-    scale_range: tuple[float, float] = (0.7, 1.4)  # zoom, sampled log-uniformly
-    gain_range: tuple[float, float] = (0.6, 1.4)    # intensity * gain
-    offset_range: tuple[float, float] = (-0.1, 0.1)  # intensity + offset
-    gamma_range: tuple[float, float] = (0.7, 1.4)    # contrast: |x| ** gamma
-    noise_std: float = 0.03
-    noise_std_range: tuple[float, float] | None = None  # per crop, replaces noise_std
-    object_gain_range: tuple[float, float] | None = None  # each object * its own gain
-    object_gain_prob: float = 0.5    # share of crops whose objects get their own gains
-    gradient_max: float = 0.0        # background + a linear ramp of up to this amplitude
-    blur_sigma_max: float = 0.0      # Gaussian blur of sigma uniform in [0, max] px
-    blur_prob: float = 0.3
-    crowded_fraction: float = 0.0    # share of crops centred on a contact between objects
 
 
 ROBUST_AUGMENT = AugmentConfig(scale_range=(0.6, 1.6), noise_std_range=(0.0, 0.08),

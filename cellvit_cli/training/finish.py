@@ -1,16 +1,21 @@
-"""After training: thresholds tuned on validation data, the training curves, and the
-closing report (summary lines and warnings a person reads, train_summary.json)."""
+"""After training: thresholds tuned on validation data, the training curves, the closing
+report (summary lines and warnings a person reads, train_summary.json) and the model card
+(README.md)."""
 
 import csv
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from cellvit_cli import __version__
 from cellvit_cli.io import atomic_path
-from cellvit_cli.modeling import load_model_folder, save_thresholds
+from cellvit_cli.modeling import ModelConfig, load_model_folder, save_thresholds
+from cellvit_cli.modeling.folder import CARD_FILE
+from cellvit_cli.settings import TrainConfig, TrainRequest
 from cellvit_cli.training.data import Sample
 from cellvit_cli.training.loop import LOG_FILE, Trainer
 from cellvit_cli.postprocess import available_modes
@@ -70,7 +75,7 @@ class TrainReport:
     validation data, the lowest training loss); best_scores: {mode: AP@0.5 with default
     thresholds} at that epoch ({} without validation data); tuned: thresholds.json's
     "scores" ({mode: {"ap50", "ap75", ...}}, {} when nothing was tuned); warnings: lines
-    saying why the model may be useless.
+    saying why the model may be useless; train_images, val_images: the images of each set.
     """
 
     out_dir: str
@@ -82,6 +87,8 @@ class TrainReport:
     tuned: dict = field(default_factory=dict)
     default_mode: str | None = None
     warnings: list[str] = field(default_factory=list)
+    train_images: int = 0
+    val_images: int = 0
 
 
 def finish_report(trainer: Trainer, thresholds: dict) -> TrainReport:
@@ -91,7 +98,8 @@ def finish_report(trainer: Trainer, thresholds: dict) -> TrainReport:
         str(trainer.out_dir), state.epoch, state.step, round(state.seconds, 1),
         state.best_epoch if state.best_epoch >= 0 else None,
         {k[len("ap50_"):]: v for k, v in state.best_scores.items()},
-        thresholds.get("scores", {}), thresholds.get("default_mode"))
+        thresholds.get("scores", {}), thresholds.get("default_mode"),
+        train_images=len(trainer.train_samples), val_images=len(trainer.val_samples))
     report.warnings = training_warnings(report, trainer.cfg.warmup_steps,
                                         trainer.optimizer.param_groups[0]["lr"], trainer.cfg.lr)
     return report
@@ -143,3 +151,79 @@ def write_summary(report: TrainReport) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2) + "\n")
     return path
+
+
+CARD_MARK = "<!-- model card written by `cellvit train`: a card without this line is kept -->"
+
+
+def model_card(report: TrainReport, request: TrainRequest, cfg: TrainConfig,
+               config: ModelConfig, thresholds: dict) -> str:
+    """README.md of a trained model folder (Markdown): what the model is, its data, how it
+    was trained, its validation scores and thresholds, when and with which code."""
+    low, high = config.percentiles
+    rows = [("variant", f"`{config.variant}`"), ("heads", ", ".join(config.heads)),
+            ("input", f"{config.in_channels} channel(s), normalised to the {low:g} / "
+                      f"{high:g} percentiles"),
+            ("median object diameter", f"{config.median_diameter:g} px"),
+            ("training data", _data_line(report.train_images, request.images, request.masks,
+                                         request.ids_file)),
+            ("validation data", _validation_line(report.val_images, request)),
+            ("training", f"{report.epochs} epoch(s), {report.steps} steps of {cfg.batch_size} "
+                         f"crops of {cfg.augment.crop_size} px "
+                         f"({report.steps * cfg.batch_size:,} crops), {report.seconds:.0f} s"),
+            ("kept", f"epoch {report.best_epoch}" if report.best_epoch is not None
+             else "the last epoch")]
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    lines = [CARD_MARK, f"# {Path(report.out_dir).resolve().name}", "",
+             f"Trained by `cellvit train` (cellvit-cli {__version__}) on {date}; the full "
+             "settings and files are in `train_config.json`, the log in `train_log.csv`.", "",
+             "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    lines += _score_lines(report, thresholds)
+    if report.warnings:
+        lines += ["## Warnings", "", *[f"- {w}" for w in report.warnings], ""]
+    return "\n".join(lines)
+
+
+def _data_line(n_images: int, images, masks, ids_file=None) -> str:
+    listed = f", listed in `{ids_file}`" if ids_file else ""
+    return f"{n_images} image(s) of `{images}` (masks `{masks}`{listed})"
+
+
+def _validation_line(n_images: int, request: TrainRequest) -> str:
+    if not n_images:
+        return "none (thresholds not tuned)"
+    if request.val_images or request.val_masks or request.val_ids_file:
+        return _data_line(n_images, request.val_images or request.images,
+                          request.val_masks or request.masks, request.val_ids_file)
+    return f"{n_images} image(s) held out of the training data (--val-fraction)"
+
+
+def _score_lines(report: TrainReport, thresholds: dict) -> list[str]:
+    """The validation AP@0.5 per mode (default thresholds at the kept epoch, then tuned)
+    and the tuned thresholds, as Markdown; [] without validation data."""
+    if not report.best_scores and not report.tuned:
+        return []
+    lines = ["## Validation (AP@0.5)", "",
+             "| mode | default thresholds | tuned | thresholds.json |", "|---|---|---|---|"]
+    for mode in dict.fromkeys([*report.best_scores, *report.tuned]):
+        default, tuned = report.best_scores.get(mode), report.tuned.get(mode, {}).get("ap50")
+        values = ", ".join(f"{k} {v:g}" for k, v in thresholds.get(mode, {}).items())
+        lines.append(f"| {mode} | {_score(default)} | {_score(tuned)} | {values or '-'} |")
+    if report.default_mode:
+        lines += ["", f"Default mode: `{report.default_mode}` (the best tuned AP@0.5)."]
+    return lines + [""]
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def write_card(folder: Path, card: str) -> bool:
+    """Write README.md in `folder` unless it holds one that `cellvit train` did not write (a
+    hand-written card is kept); return whether it was written."""
+    path = Path(folder) / CARD_FILE
+    if path.is_file() and not path.read_text(errors="replace").startswith(CARD_MARK):
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_text(card)
+    return True

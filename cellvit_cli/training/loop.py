@@ -16,34 +16,16 @@ from cellvit_cli.device import autocast, resolve_device
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
 from cellvit_cli.modeling.folder import read_state
-from cellvit_cli.targets import HEADS
-from cellvit_cli.training.augment import AugmentConfig, random_crop
+from cellvit_cli.postprocess import available_modes
+from cellvit_cli.settings import TrainConfig
+from cellvit_cli.training.augment import random_crop
 from cellvit_cli.training.data import Sample, median_diameter
 from cellvit_cli.training.losses import total_loss
-from cellvit_cli.postprocess import available_modes
 from cellvit_cli.training.validate import validation_maps, validation_scores
 
 CHECKPOINT_FILE, LOG_FILE = "checkpoint.pt", "train_log.csv"
-
-
-@dataclass
-class TrainConfig:
-    variant: str = "vit_tiny_p16"
-    heads: tuple[str, ...] = HEADS
-    n_rays: int = 32
-    in_channels: int = 1
-    epochs: int = 100
-    steps_per_epoch: int | None = None   # default: one crop per training image and epoch
-    batch_size: int = 8
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 200
-    val_every: int = 1                   # epochs between validations
-    val_modes: tuple[str, ...] | None = None  # default: every mode the heads allow
-    device: str = "auto"
-    seed: int = 0
-    time_budget: float | None = None     # minutes; the schedule then follows time, not steps
+# what a --resume may change: run longer, validate less often, on another device
+RESUMABLE_CHANGES = ("epochs", "time_budget", "val_every", "val_modes", "device")
 
 
 @dataclass
@@ -194,21 +176,25 @@ class Trainer:
             writer.writerows(rows)
 
     def save_checkpoint(self) -> None:
-        """Everything needed to resume, written atomically to checkpoint.pt."""
+        """Everything needed to resume, written atomically to checkpoint.pt: weights,
+        optimiser, state, random state, and the model and train configs they belong to."""
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "state": asdict(self.state), "model_config": asdict(self.model_config),
-                   "torch_rng": torch.get_rng_state()}
+                   "train_config": asdict(self.cfg), "torch_rng": torch.get_rng_state()}
         with atomic_path(self.out_dir / CHECKPOINT_FILE) as tmp:
             torch.save(payload, tmp)
 
-    def load_checkpoint(self) -> None:
-        """Continue from checkpoint.pt in the output folder. ValueError naming it when it is
-        damaged or made for another model (variant, heads, channels, rays)."""
+    def load_checkpoint(self) -> dict:
+        """Continue from checkpoint.pt in the output folder; return the train config it was
+        saved with (asdict of a TrainConfig; {} from a checkpoint older than that).
+        ValueError naming it when it is damaged, made for another model or trained with
+        other settings (`_check_fits`)."""
         path = self.out_dir / CHECKPOINT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
         payload = read_state(path)
-        self._check_fits(path, payload.get("model_config") or {})
+        saved_cfg = payload.get("train_config") or {}
+        self._check_fits(path, payload.get("model_config") or {}, saved_cfg)
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -218,13 +204,17 @@ class Trainer:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ValueError(f"{path}: does not fit this run's model ({reason}); {_RESUME_HINT}"
                              ) from err
+        return saved_cfg
 
-    def _check_fits(self, path: Path, saved: dict) -> None:
-        """Raise ValueError naming what differs between the checkpoint's model and this run's."""
-        ours = asdict(self.model_config)
-        differ = [f"{key} {_plain(saved[key])} (this run: {_plain(ours[key])})"
-                  for key in ("variant", "heads", "in_channels", "n_rays")
-                  if key in saved and _plain(saved[key]) != _plain(ours[key])]
+    def _check_fits(self, path: Path, saved_model: dict, saved_cfg: dict) -> None:
+        """ValueError naming every setting of the checkpoint's model (variant, heads, channels,
+        rays) and train config that differs from this run's, except RESUMABLE_CHANGES."""
+        ours = {**asdict(self.model_config), **_flat(asdict(self.cfg))}
+        saved = {**{k: saved_model[k] for k in _MODEL_KEYS if k in saved_model},
+                 **_flat(saved_cfg)}
+        differ = [f"{key} {_plain(value)} (this run: {_plain(ours[key])})"
+                  for key, value in saved.items() if key in ours
+                  and key not in RESUMABLE_CHANGES and _plain(value) != _plain(ours[key])]
         if differ:
             raise ValueError(f"{path}: made for {', '.join(differ)}; {_RESUME_HINT}")
 
@@ -243,8 +233,19 @@ def validation_line(row: dict, state: TrainState, epochs: int) -> str:
 
 
 _RESUME_HINT = "resume with the settings it was trained with, or start afresh with --overwrite"
+_MODEL_KEYS = ("variant", "heads", "in_channels", "n_rays")  # what the weights are made for
+
+
+def _flat(config: dict) -> dict:
+    """A config dict with its nested dicts spelled out: {"augment": {"crop_size": 64}} ->
+    {"augment.crop_size": 64}."""
+    flat = {}
+    for key, value in config.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        flat.update({key if sub is None else f"{key}.{sub}": v for sub, v in items})
+    return flat
 
 
 def _plain(value) -> str:
     """A config value as the command line spells it: heads ('star', 'flow') -> star,flow."""
-    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -3,40 +3,27 @@
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from cellvit_cli import __version__
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling.folder import (CARD_FILE, CONFIG_FILE, SCORES_FILE, THRESHOLDS_FILE,
                                          WEIGHTS_FILE)
-from cellvit_cli.training.augment import AugmentConfig
+from cellvit_cli.settings import TrainConfig, TrainRequest
 from cellvit_cli.training.data import load_samples, pair_files, read_ids, require_objects
 from cellvit_cli.training.finish import (CURVES_FILE, SUMMARY_FILE, TrainReport, finish_report,
-                                         plot_curves, tune_model_thresholds, write_summary)
-from cellvit_cli.training.loop import CHECKPOINT_FILE, LOG_FILE, TrainConfig, Trainer
+                                         model_card, plot_curves, tune_model_thresholds,
+                                         write_card, write_summary)
+from cellvit_cli.training.loop import CHECKPOINT_FILE, LOG_FILE, Trainer
 
 RUN_FILE = "train_config.json"
 # what a training run leaves in its model folder: --overwrite removes them all first
 MODEL_FOLDER_FILES = (CONFIG_FILE, WEIGHTS_FILE, THRESHOLDS_FILE, CARD_FILE, SCORES_FILE,
                       LOG_FILE, CURVES_FILE, CHECKPOINT_FILE, RUN_FILE, SUMMARY_FILE)
-
-
-@dataclass
-class TrainRequest:
-    """Where the data is and where the model goes."""
-
-    images: Path
-    masks: Path
-    ids_file: Path | None = None
-    val_images: Path | None = None
-    val_masks: Path | None = None
-    val_ids_file: Path | None = None
-    val_fraction: float | None = None
-    out_dir: Path = Path("model")
-    cache_dir: Path | None = None
-    mask_suffix: str | None = None   # None: found from the names (see cellvit_cli.pairing)
 
 
 def split_pairs(request: TrainRequest, seed: int) -> tuple[list, list]:
@@ -96,26 +83,52 @@ def remove_model_files(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def write_run_file(out: Path, request: TrainRequest, cfg: TrainConfig, train_pairs: list,
-                   val_pairs: list) -> None:
-    """train_config.json: the request, the settings and the (image, mask) files used."""
-    pairs = {"train": [[str(i), str(m)] for i, m in train_pairs],
-             "validation": [[str(i), str(m)] for i, m in val_pairs]}
-    content = {"request": {k: str(v) for k, v in asdict(request).items()},
-               "config": asdict(cfg), "pairs": pairs}
-    with atomic_path(out / RUN_FILE) as tmp:
+def record_run(out: Path, request: TrainRequest, trainer: Trainer, pairs: tuple[list, list],
+               saved_cfg: dict | None = None) -> None:
+    """train_config.json. A fresh run writes the request, the settings and the (image,
+    mask) files used; a resume (`saved_cfg`: the checkpoint's train config) keeps that
+    record and adds itself to its "resumes"."""
+    path = out / RUN_FILE
+    if saved_cfg is not None and path.is_file():
+        content = json.loads(path.read_text())
+    else:
+        train, val = ([[str(i), str(m)] for i, m in p] for p in pairs)
+        content = {"request": {k: str(v) for k, v in asdict(request).items()},
+                   "config": asdict(trainer.cfg), "pairs": {"train": train, "validation": val}}
+    content.setdefault("resumes", [])
+    if saved_cfg is not None:
+        content["resumes"].append(_resume_record(trainer, saved_cfg))
+    _write_json(path, content)
+
+
+def _resume_record(trainer: Trainer, saved_cfg: dict) -> dict:
+    """When a resume ran, from which epoch and step, with which code, and the settings it
+    changed ({name: [checkpoint's, now]})."""
+    now, saved = _as_json(asdict(trainer.cfg)), _as_json(saved_cfg)
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "epoch": trainer.state.epoch, "step": trainer.state.step,
+            "code_version": __version__,
+            "changed": {k: [saved[k], v] for k, v in now.items() if k in saved and saved[k] != v}}
+
+
+def _as_json(value):
+    """`value` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _write_json(path: Path, content: dict) -> None:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
 
 
-def run_training(request: TrainRequest, resume: bool = False, progress: bool = True,
-                 overwrite: bool = False, log: Callable[[str], None] | None = None,
-                 **settings) -> TrainReport:
-    """Load data, train (or resume), tune thresholds on validation, plot curves; return the
-    closing report (also written to train_summary.json). `log` gets the lines a person
-    reads while it runs: one per validation, and one before threshold tuning."""
+def run_training(request: TrainRequest, cfg: TrainConfig, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> TrainReport:
+    """Load data, train (or resume), tune thresholds on validation, plot curves, write the
+    model card; return the closing report (also written to train_summary.json). `log` gets
+    the lines a person reads while it runs: one per validation, and one before threshold
+    tuning."""
     out = Path(request.out_dir)
-    crop = settings.pop("crop_size", AugmentConfig.crop_size)
-    cfg = replace(TrainConfig(augment=AugmentConfig(crop_size=crop)), **settings)
     train_pairs, val_pairs = split_pairs(request, cfg.seed)
     prepare_out_dir(out, overwrite, resume)
     cache = request.cache_dir or out / ".target_cache"
@@ -126,16 +139,25 @@ def run_training(request: TrainRequest, resume: bool = False, progress: bool = T
     if overwrite and not resume:
         remove_model_files(out)
     trainer = Trainer(train_samples, val_samples, out, cfg)
-    if resume:
-        trainer.load_checkpoint()
-    write_run_file(out, request, cfg, train_pairs, val_pairs)
+    saved_cfg = trainer.load_checkpoint() if resume else None
+    record_run(out, request, trainer, (train_pairs, val_pairs), saved_cfg)
     trainer.run(progress, log)
-    thresholds = {}
-    if val_samples:
+    return _finish(trainer, request, log)
+
+
+def _finish(trainer: Trainer, request: TrainRequest, log: Callable[[str], None] | None
+            ) -> TrainReport:
+    """Tune thresholds (with validation data), plot the curves, write train_summary.json
+    and the model card (a hand-written README.md is kept); return the report."""
+    out, thresholds = trainer.out_dir, {}
+    if trainer.val_samples:
         if log is not None:
-            log(f"tuning thresholds on {len(val_samples)} validation image(s) ...")
-        thresholds = tune_model_thresholds(out, val_samples, trainer.device)
+            log(f"tuning thresholds on {len(trainer.val_samples)} validation image(s) ...")
+        thresholds = tune_model_thresholds(out, trainer.val_samples, trainer.device)
     plot_curves(out)
     report = finish_report(trainer, thresholds)
     write_summary(report)
+    if not write_card(out, model_card(report, request, trainer.cfg, trainer.model_config,
+                                      thresholds)) and log is not None:
+        log(f"kept the hand-written {out / CARD_FILE} (not a card `cellvit train` wrote)")
     return report
