@@ -22,8 +22,6 @@ from cellvit_cli.modeling import VARIANTS, build_model
 from cellvit_cli.registry import HEADS
 
 
-
-
 def timed(fn, repeats: int) -> float:
     """Median seconds of `fn()` over `repeats` runs after one warm-up."""
     fn()
