@@ -2,10 +2,12 @@
 
 `TiffRegionReader` reads any rectangle of a TIFF's first image series by decoding only
 the tiles or strips that cover it (or through a memory map when the data is stored
-uncompressed in one piece). `write_tiled` streams an iterator of tiles into a tiled,
-compressed BigTIFF. Both keep memory bounded by the region or tile, not by the image.
+uncompressed in one piece); `open_regions` wraps it in the checks of `io.read_image`.
+`write_tiled` streams an iterator of tiles into a tiled, compressed BigTIFF. Both keep
+memory bounded by the region or tile, not by the image.
 """
 
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -13,7 +15,12 @@ from collections.abc import Iterator
 import numpy as np
 import tifffile
 
-from cellvit_cli.io import alpha_samples
+from cellvit_cli.io import (READ_ERRORS, InputError, alpha_samples, check_pixel_type,
+                            check_pixels, named_errors, read_image)
+from cellvit_cli.preprocess import select_channel
+from cellvit_cli.resolution import tiff_pixel_size
+
+log = logging.getLogger(__name__)
 
 TILE = 256
 JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
@@ -30,6 +37,7 @@ class TiffRegionReader:
     YXS (samples, e.g. RGB), SYX (planar samples) or CYX (one page per channel). Alpha
     samples are dropped, as `io.read_image` drops them. Raises `UnsupportedLayout` for
     others (Z stacks, time series, ...). Use as a context manager or call `close`.
+    pixel_size: (y, x) um from the file's metadata, or None (also when it is unreadable).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -40,6 +48,10 @@ class TiffRegionReader:
         except Exception:
             self._tif.close()
             raise
+        try:
+            self.pixel_size = tiff_pixel_size(self._tif)
+        except READ_ERRORS:
+            self.pixel_size = None
         key = self._pages[0].keyframe
         self.dtype = key.dtype
         self._alpha = alpha_samples(key) if len(self._pages) == 1 and shape[0] > 1 else []
@@ -126,6 +138,65 @@ class TiffRegionReader:
                     out[plane, iy.start - y0:iy.stop - y0, ix.start - x0:ix.stop - x0] = \
                         segment[iy.start - sy:iy.stop - sy, ix.start - sx:ix.stop - sx]
         return out.transpose(0, 3, 1, 2).reshape(-1, y1 - y0, x1 - x0)
+
+
+class CheckedRegions:
+    """Regions of a TIFF (a `TiffRegionReader`) checked as `io.read_image` checks a whole
+    image: numeric pixels, `channel` in range and selected, NaN/inf refused; InputError
+    naming the file. Every pixel read is checked. shape: (C, Y, X), C = 1 with `channel`;
+    pixel_size: the reader's."""
+
+    def __init__(self, reader: TiffRegionReader, channel: int | None = None):
+        self.reader, self.channel, self.pixel_size = reader, channel, reader.pixel_size
+        check_pixel_type(reader.path, reader.dtype)
+        if channel is not None:  # the range check of read_image, on the shape alone
+            with named_errors(reader.path):
+                select_channel(np.empty((reader.shape[0], 0, 0)), channel)
+        self.shape = (1 if channel is not None else reader.shape[0], *reader.shape[1:])
+
+    def read(self, ys: slice, xs: slice) -> np.ndarray:
+        """The (C, y, x) region `ys`, `xs` in the file's dtype."""
+        data = self.reader.read(ys, xs)
+        if self.channel is not None:
+            data = select_channel(data, self.channel)
+        check_pixels(self.reader.path, data)
+        return data
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class ArrayRegions:
+    """Regions of an in-memory (C, Y, X) array, with the interface of `CheckedRegions`."""
+
+    def __init__(self, data: np.ndarray, pixel_size: tuple[float, float] | None = None):
+        self.data, self.shape, self.pixel_size = data, data.shape, pixel_size
+
+    def read(self, ys: slice, xs: slice) -> np.ndarray:
+        return self.data[:, ys, xs]
+
+    def close(self) -> None:
+        """Nothing to close: the interface of `CheckedRegions`."""
+
+
+def open_regions(path: str | os.PathLike, channel: int | None = None
+                 ) -> CheckedRegions | ArrayRegions:
+    """The regions of the TIFF at `path` (channel `channel` if given), checked as
+    `io.read_image` checks it; read whole by `read_image` when its layout cannot be read
+    region by region. InputError naming `path` when it cannot be read or is refused."""
+    try:
+        reader = TiffRegionReader(path)
+    except UnsupportedLayout as err:
+        log.warning("%s; reading it whole", err)
+        image = read_image(path, channel)
+        return ArrayRegions(image.data, image.pixel_size)
+    except READ_ERRORS as err:
+        raise InputError(path, f"cannot read TIFF: {err}") from err
+    try:
+        return CheckedRegions(reader, channel)
+    except InputError:
+        reader.close()
+        raise
 
 
 def write_tiled(path: str | os.PathLike, shape: tuple[int, int], dtype, tiles: Iterator[np.ndarray],

@@ -6,11 +6,10 @@ naming the file. Input files are only ever opened for reading.
 
 import contextlib
 import json
+import logging
 import os
-import pickle
 import re
 import secrets
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +18,18 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
-# What reading a damaged file raises: tifffile's own error (a ValueError), short reads
-# (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
+from cellvit_cli import io_formats as formats
+from cellvit_cli.preprocess import select_channel
+from cellvit_cli.resolution import resolution_options, tiff_pixel_size
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES, JPEG_SUFFIXES = (".png",), (".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + JPEG_SUFFIXES  # what read_image reads
 LABEL_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + (".npy",)  # read_labels; .npy: Cellpose _seg
 LABEL_METADATA_KEY = "cellvit"  # where write_labels keeps its metadata in the description
-_READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
-_UNIT_TO_UM = {
-    "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0, "micron": 1.0,
-    "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "mm": 1e3,
-    "cm": 1e4, "m": 1e6, "\u00c5": 1e-4, "angstrom": 1e-4,
-}
-_RESUNIT_TO_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
-_MAX_INCH_PIXEL_UM = 25.0  # coarser "dpi" pixel sizes are display defaults (72 dpi), not optics
+# What reading a damaged file raises: tifffile's own error (a ValueError), short reads
+# (ValueError, OSError, EOFError) and imagecodecs' decoder errors (RuntimeError subclasses).
+READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
 _MAX_CHANNELS = 8
 _ALPHA_EXTRASAMPLES = (1, 2)  # TIFF ExtraSamples: 1 associated, 2 unassociated alpha
 # atomic_path's temporary name ".<stem>.tmp-<8 hex><suffix>", maybe with more after it
@@ -78,8 +74,20 @@ def read_image(path, channel: int | None = None) -> Image:
     """
     path = Path(path)
     _check_file(path)
-    if _file_format(path) != "tiff":
-        return _read_png_jpeg(path, channel)
+    if formats.file_format(path) == "tiff":
+        image = _read_tiff(path)
+    else:
+        with named_errors(path):
+            image = Image(path, *formats.read_png_jpeg(path), None)
+    if channel is not None:
+        with named_errors(path):
+            image.data = select_channel(image.data, channel)
+    check_pixels(path, image.data)
+    return image
+
+
+def _read_tiff(path: Path) -> Image:
+    """The first series of a TIFF as (C, Y, X), alpha samples dropped."""
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
@@ -91,7 +99,7 @@ def read_image(path, channel: int | None = None) -> Image:
             raw = _read_pixels(path, tif, series)
     except InputError:
         raise
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise InputError(path, f"cannot read TIFF: {err}") from err
     if raw.size == 0:
         raise InputError(path, f"zero-sized image: shape {raw.shape}")
@@ -99,10 +107,36 @@ def read_image(path, channel: int | None = None) -> Image:
     data = _to_cyx(path, raw, shape, axes)
     if alpha and "S" in axes:  # the channel axis is the samples axis
         data = np.delete(data, alpha, axis=0)
-    if channel is not None:
-        data = select_channel(path, data, channel)
-    check_pixels(path, data)
     return Image(path, data, axes, pixel_size)
+
+
+@contextlib.contextmanager
+def named_errors(path) -> Iterator[None]:
+    """Raise a ValueError of the block (a problem with the file at `path`, one line) as an
+    InputError naming `path`; InputErrors pass as they are."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(path, str(err)) from err
+
+
+def image_shape(path) -> tuple[int, int] | None:
+    """(Y, X) of the image of a TIFF from its header, without reading pixels; None when
+    the file cannot be read that way (`read_image` then says why)."""
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)  # a broken file is reported once, when read
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(n for n, a in zip(series.shape, series.axes) if a in "YX")
+    except (*READ_ERRORS, IndexError):
+        return None
+    finally:
+        tiff_log.setLevel(level)
+    return shape if len(shape) == 2 else None
 
 
 def read_labels(path, label_binary: bool = False) -> np.ndarray:
@@ -147,122 +181,20 @@ def looks_binary(labels: np.ndarray) -> int:
     return n_objects if n_objects > 1 else 0
 
 
-# ---- PNG, JPEG and Cellpose's _seg.npy (read side) ----------------------------------------
-
-_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
-_PNG_PALETTE = 3  # PNG IHDR colour type of indexed (palette) images
-
-
-def _file_format(path: Path) -> str:
-    """'png' or 'jpeg' from the file's first bytes, else 'tiff' (tifffile then says what
-    is wrong with a file that is none of them)."""
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), "tiff")
-
-
-def _read_png_jpeg(path: Path, channel: int | None) -> Image:
-    """A PNG or JPEG file as an `Image` (C, Y, X) without pixel size; alpha is dropped."""
-    import imagecodecs
-
-    kind = _file_format(path)
-    try:
-        raw = imagecodecs.imread(str(path), codec="png" if kind == "png" else "jpeg8")
-    except (ValueError, RuntimeError, OSError, EOFError) as err:
-        raise InputError(path, f"cannot read {kind.upper()}: {err}") from err
-    if raw.size == 0:
-        raise InputError(path, f"zero-sized image: shape {raw.shape}")
-    if raw.ndim == 2:
-        data, axes = raw[np.newaxis], "YX"
-    else:  # (Y, X, S): grey + alpha, RGB or RGBA
-        data, axes = np.moveaxis(raw, -1, 0), "YXS"
-        if data.shape[0] in (2, 4):
-            data = data[:-1]
-    if channel is not None:
-        data = select_channel(path, data, channel)
-    return Image(path, data, axes, None)
-
-
 def _label_pixels(path: Path) -> tuple[np.ndarray, str]:
     """The pixels (C, Y, X) and axes of a label file of any format `read_labels` reads."""
     _check_file(path)
     if path.suffix.lower() == ".npy":
-        return _read_seg_npy(path)[np.newaxis], "YX"
-    if _file_format(path) == "jpeg":
+        with named_errors(path):
+            return formats.read_seg_npy(path)[np.newaxis], "YX"
+    if formats.file_format(path) == "jpeg":
         raise InputError(path, "JPEG is lossy and changes label values at object borders: "
                                "save label images as TIFF or PNG")
-    if _png_palette(path):
-        return _png_indices(path)[np.newaxis], "YX"
+    if formats.is_palette_png(path):
+        with named_errors(path):
+            return formats.read_png_indices(path)[np.newaxis], "YX"
     image = read_image(path)
     return image.data, image.axes
-
-
-def _png_palette(path: Path) -> bool:
-    """Whether `path` is an indexed-colour PNG (whose pixels are palette indices)."""
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    return head.startswith(b"\x89PNG") and len(head) == 26 and head[25] == _PNG_PALETTE
-
-
-def _png_indices(path: Path) -> np.ndarray:
-    """The palette indices (Y, X) of an indexed PNG (the labels, not their colours)."""
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(path) as png:
-            return np.asarray(png)
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot read PNG: {err}") from err
-
-
-def _read_seg_npy(path: Path) -> np.ndarray:
-    """The "masks" (Y, X) of a Cellpose `_seg.npy` file (a pickled dict), or the array of a
-    plain .npy file. Only numpy arrays and plain Python values are unpickled: a file that
-    asks for anything else (code) is refused."""
-    from numpy.lib import format as npy
-
-    headers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
-    try:
-        with open(path, "rb") as handle:
-            version = npy.read_magic(handle)
-            if version not in headers:
-                raise ValueError(f"unsupported .npy format version {version}")
-            dtype = headers[version](handle)[2]
-            if dtype.hasobject:
-                found = _ArraysOnlyUnpickler(handle).load()
-            else:
-                found = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError, AttributeError) as err:
-        raise InputError(path, f"cannot read .npy: {err}") from err
-    if isinstance(found, np.ndarray) and found.dtype.hasobject and found.shape == ():
-        found = found.item()
-    if isinstance(found, dict):
-        if "masks" not in found:
-            raise InputError(path, f"a Cellpose _seg.npy holds 'masks'; found keys {sorted(found)}")
-        found = found["masks"]
-    masks = np.asarray(found)
-    if masks.ndim != 2 or masks.dtype.kind not in "biu":
-        raise InputError(path, f"masks must be a (Y, X) integer array, got {masks.dtype} "
-                               f"shape {masks.shape}")
-    if masks.size == 0:
-        raise InputError(path, f"zero-sized image: shape {masks.shape}")
-    return masks
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Unpickles what `np.save` writes for a dict of arrays (numpy arrays, dtypes and
-    scalars, plain Python values) and refuses every other class."""
-
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
-        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name in ("_reconstruct", "scalar")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name} (not an array)")
-        if module == "numpy.core.multiarray":  # pickled by numpy 1, loaded by numpy 2
-            module = np.ndarray.__reduce__(np.zeros(1))[0].__module__
-        return super().find_class(module, name)
 
 
 def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | None = None,
@@ -281,7 +213,7 @@ def write_labels(path, labels: np.ndarray, pixel_size: tuple[float, float] | Non
     if imagej:
         options["imagej"] = True
     if pixel_size is not None:
-        options |= _resolution_options(pixel_size, imagej=imagej)
+        options |= resolution_options(pixel_size, imagej=imagej)
     if metadata is not None:
         options["metadata"] = options.get("metadata", {}) | label_description(metadata, imagej)
     with atomic_path(path) as tmp:
@@ -303,7 +235,7 @@ def read_label_metadata(path) -> dict:
                 found = tif.imagej_metadata[LABEL_METADATA_KEY]
             else:
                 found = json.loads(tif.pages.first.description or "{}").get(LABEL_METADATA_KEY)
-    except (*_READ_ERRORS, AttributeError):
+    except (*READ_ERRORS, AttributeError):
         return {}
     if isinstance(found, str):
         try:
@@ -428,69 +360,6 @@ def alpha_samples(page) -> list[int]:
     return alpha
 
 
-def select_channel(path, data: np.ndarray, channel: int) -> np.ndarray:
-    """Channel `channel` (0-based) of (C, Y, X) `data`, as (1, Y, X); InputError naming
-    `path` when it is out of range."""
-    n = data.shape[0]
-    if not 0 <= channel < n:
-        raise InputError(path, f"channel {channel} out of range: the image has {n} "
-                               f"channel(s), numbered from 0")
-    return data[channel:channel + 1]
-
-
-def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float, float] | None:
-    """(y, x) in um from OME-XML, else ImageJ unit + resolution, else resolution tags."""
-    page = tif.pages.first
-    if tif.is_ome and tif.ome_metadata:
-        size = _ome_pixel_size(tif.ome_metadata)
-        if size is not None:
-            return size
-    if tif.is_imagej and tif.imagej_metadata:
-        unit = str(tif.imagej_metadata.get("unit", "")).strip().lower()
-        if unit in _UNIT_TO_UM:
-            return _resolution_pixel_size(page, _UNIT_TO_UM[unit])
-    resunit = int(page.tags.valueof("ResolutionUnit", 1))
-    if resunit not in _RESUNIT_TO_UM:
-        return None
-    size = _resolution_pixel_size(page, _RESUNIT_TO_UM[resunit])
-    if size is not None and resunit == 2 and max(size) > _MAX_INCH_PIXEL_UM:
-        return None
-    return size
-
-
-def _resolution_pixel_size(page, unit_um: float) -> tuple[float, float] | None:
-    """Pixel size from the X/YResolution tags (pixels per unit) times the unit in um."""
-    sizes = []
-    for name in ("YResolution", "XResolution"):
-        value = page.tags.valueof(name)
-        if value is None:
-            return None
-        numerator, denominator = value if isinstance(value, tuple) else (value, 1)
-        if not numerator or not denominator:
-            return None
-        sizes.append(unit_um * denominator / numerator)
-    return sizes[0], sizes[1]
-
-
-def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
-    """PhysicalSizeY/X of the first OME Pixels element, in um (None if absent or odd)."""
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return None
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")), None)
-    if pixels is None:
-        return None
-    sizes = []
-    for axis in ("Y", "X"):
-        value = pixels.get(f"PhysicalSize{axis}")
-        unit = pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m").strip().lower()
-        if value is None or unit not in _UNIT_TO_UM:
-            return None
-        sizes.append(float(value) * _UNIT_TO_UM[unit])
-    return (sizes[0], sizes[1]) if min(sizes) > 0 else None
-
-
 def _checked_labels(path, labels) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.size == 0:
@@ -500,13 +369,3 @@ def _checked_labels(path, labels) -> np.ndarray:
     if labels.min() < 0 or labels.max() > np.iinfo(np.uint32).max:
         raise ValueError(f"{path}: labels must be in 0..{np.iinfo(np.uint32).max}")
     return labels
-
-
-def _resolution_options(pixel_size: tuple[float, float], imagej: bool) -> dict:
-    """tifffile.imwrite options storing `pixel_size` (y, x) um."""
-    size_y, size_x = (float(s) for s in pixel_size)
-    if not (size_y > 0 and size_x > 0 and np.isfinite([size_y, size_x]).all()):
-        raise ValueError(f"pixel_size must be two positive numbers (um), got {pixel_size}")
-    if imagej:
-        return {"resolution": (1 / size_x, 1 / size_y), "metadata": {"unit": "um"}}
-    return {"resolution": (1e4 / size_x, 1e4 / size_y), "resolutionunit": "CENTIMETER"}

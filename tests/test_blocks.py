@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellvit_cli.bigtiff import TiffRegionReader, retype_tiled, write_tiled
-from cellvit_cli.inference import blocks as blocks_module
-from cellvit_cli.inference.blocks import (ArrayRegions, Block, CheckedRegions, RegionSource,
-                                          check_zoom, halo_for, keep_owned, plan_blocks,
+from cellvit_cli.bigtiff import (ArrayRegions, CheckedRegions, TiffRegionReader, retype_tiled,
+                                 write_tiled)
+from cellvit_cli.inference import block_pipeline
+from cellvit_cli.inference.blocks import (Block, check_zoom, halo_for, keep_owned, plan_blocks,
                                           segment_blocks)
-from cellvit_cli.io import InputError, read_image
 from cellvit_cli.inference.predictor import Predictor
+from cellvit_cli.io import InputError, read_image
 from cellvit_cli.metrics import label_overlap, match
 from cellvit_cli.postprocess import decode
-from cellvit_cli.preprocess import prepare
+from cellvit_cli.preprocess import RegionSource, prepare
 from cellvit_cli.samples import load_nuclei_sample, make_mosaic
 from test_tiling import TargetNetwork, same_cells
 
@@ -201,18 +201,18 @@ def test_checked_regions_refuse_what_read_image_refuses(tmp_path):
     path = tmp_path / "nan.tif"
     for channel in (None, 1):
         with pytest.raises(InputError, match="NaN") as info:
-            RegionSource(CheckedRegions(TiffRegionReader(path), path, channel), 1)
+            RegionSource(CheckedRegions(TiffRegionReader(path), channel), 1)
         assert str(info.value).startswith(f"{path}: ")
         with pytest.raises(InputError, match="NaN"):
             read_image(path, channel)
-    checked = CheckedRegions(TiffRegionReader(path), path, channel=2)  # channel 2 is finite
+    checked = CheckedRegions(TiffRegionReader(path), channel=2)  # channel 2 is finite
     assert checked.shape == (1, 80, 60) and RegionSource(checked, 1).read(
         (slice(0, 80), slice(0, 60))).shape == (1, 80, 60)
     with pytest.raises(InputError, match="channel 3 out of range"):
-        CheckedRegions(TiffRegionReader(path), path, channel=3)
+        CheckedRegions(TiffRegionReader(path), channel=3)
     tifffile.imwrite(tmp_path / "complex.tif", np.zeros((16, 16), np.complex64))
     with pytest.raises(InputError, match="unsupported pixel type complex64"):
-        CheckedRegions(TiffRegionReader(tmp_path / "complex.tif"), tmp_path / "complex.tif")
+        CheckedRegions(TiffRegionReader(tmp_path / "complex.tif"))
 
 
 def test_check_zoom_names_the_file_and_the_options():
@@ -238,7 +238,7 @@ def test_tiled_writer_streams_and_retypes(tmp_path):
 
 def test_wide_labels_stay_uint32(tmp_path, monkeypatch):
     """Above 65535 cells (here: above 1, patched) the labels are written as uint32."""
-    monkeypatch.setattr(blocks_module, "UINT16_MAX", 1)
+    monkeypatch.setattr(block_pipeline, "UINT16_MAX", 1)
     shape = (300, 300)
     rows = plan_blocks(shape, 256, 16)
 
@@ -249,16 +249,9 @@ def test_wide_labels_stay_uint32(tmp_path, monkeypatch):
         return labels
 
     out = tmp_path / "labels.tif"
-    n = blocks_module._write_labels(out, shape, rows, lambda outer: outer, decode_dots, None,
-                                    False, "x", lambda stage: _null())
+    n = block_pipeline.write_block_labels(out, shape, rows, lambda outer: outer, decode_dots)
     assert tifffile.imread(out).dtype == np.uint32 and n > 1
     assert not list(tmp_path.glob(".*"))  # no temporary files left
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @pytest.mark.slow

@@ -111,3 +111,17 @@ def test_cuda_autocast_matches_cpu():
     gpu = Predictor(gpu_model, device="cuda", tile_size=128, overlap=32).predict(image)
     assert gpu["star"].dtype == np.float32
     np.testing.assert_allclose(gpu["star"][0], cpu["star"][0], atol=0.05)
+
+
+def test_validation_gets_the_predictor_without_the_file_pipeline():
+    """Training's validation imports the Predictor, not exports and block mode."""
+    import subprocess
+    import sys
+
+    heavy = {"cellvit_cli.inference.pipeline", "cellvit_cli.export",
+             "cellvit_cli.inference.block_pipeline"}
+    code = (f"import sys, cellvit_cli.training.validate; "
+            f"print('loaded', *sorted(set({sorted(heavy)!r}) & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == ["loaded"], done.stderr

@@ -1,4 +1,4 @@
-"""Block mode: segment an image of any size with memory bounded by the block size.
+"""Block mode's geometry: segment an image of any size with memory bounded by the block size.
 
 The image is cut into a grid of blocks; each block's *core* is the part of the image it
 owns, its *outer* region adds a halo wider than the largest cell on every side (clipped at
@@ -8,37 +8,26 @@ in the halo). Where kept cells of neighbouring blocks claim the same pixel, the 
 written first (raster order of blocks) keeps it. Kept cells get globally unique labels
 (1, 2, ... in raster order of blocks) and are streamed as (256, 256) tiles into a tiled
 BigTIFF as soon as no later block can reach their rows.
+
+Pure of files and models: `predict` and `decode` are given; reading a file and its model
+input is `block_pipeline.segment_file_blocks`.
 """
 
-import contextlib
-import json
-import logging
 import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import tifffile
-from tqdm.auto import tqdm
 
-from cellvit_cli.bigtiff import TILE, TiffRegionReader, UnsupportedLayout, retype_tiled, write_tiled
+from cellvit_cli.bigtiff import TILE, write_tiled
 from cellvit_cli.inference.tiling import Slices
-from cellvit_cli.io import (LABEL_METADATA_KEY, InputError, atomic_path, check_pixel_type,
-                            check_pixels, read_image, select_channel, tiff_pixel_size)
-
-log = logging.getLogger(__name__)
+from cellvit_cli.io import InputError
 
 HALO_DIAMETERS = 4  # halo width in median cell diameters: the largest cells are ~2 diameters
 MIN_HALO = 32
 LABEL_DTYPE = np.uint32
-UINT16_MAX = np.iinfo(np.uint16).max
-# What reading a damaged TIFF raises (tifffile, short reads, imagecodecs' decoders).
-READ_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, RuntimeError)
-SAMPLE_PIXELS = 1 << 22  # percentiles from a strided subsample of ~4 Mpx, as preprocess does
 
 
 @dataclass(frozen=True)
@@ -134,8 +123,9 @@ def segment_blocks(shape: tuple[int, int], blocks: list[list[Block]],
 
     predict(outer) -> maps of the outer region (runs the network, in this thread);
     decode(maps, outer) -> (y, x) int labels of the outer region (runs in a worker thread
-    while the next block is predicted). `resolution`: extra tifffile arguments (pixel size).
-    `out_path` is written directly: give it a temporary path and rename on success.
+    while the next block is predicted). `resolution`: extra tifffile write arguments (pixel
+    size, description). `out_path` is written directly: give it a temporary path and rename
+    on success. on_block() is called once per block pasted.
     """
     result = BlockResult()
     tiles = _label_tiles(shape, blocks, predict, decode, result, on_block)
@@ -217,189 +207,3 @@ class _Canvas:
                 yield band[:, x:x + TILE]
             self.rows = self.rows[TILE:]
             self.top += TILE
-
-
-class ArrayRegions:
-    """Regions of an in-memory (C, Y, X) array, with the interface of `TiffRegionReader`."""
-
-    def __init__(self, data: np.ndarray):
-        self.data = data
-        self.shape = data.shape
-
-    def read(self, ys: slice, xs: slice) -> np.ndarray:
-        return self.data[:, ys, xs]
-
-
-class CheckedRegions:
-    """Regions of a TIFF (a `TiffRegionReader`) checked as `io.read_image` checks a whole
-    image: numeric pixels, `channel` in range and selected, NaN/inf refused; InputError
-    naming `path`. Every pixel is read (and so checked) once by `RegionSource`."""
-
-    def __init__(self, reader, path, channel: int | None = None):
-        self.reader, self.path, self.channel = reader, path, channel
-        check_pixel_type(path, reader.dtype)
-        if channel is not None:  # the range check of read_image, on the shape alone
-            select_channel(path, np.empty((reader.shape[0], 0, 0)), channel)
-        self.shape = (1 if channel is not None else reader.shape[0], *reader.shape[1:])
-
-    def read(self, ys: slice, xs: slice) -> np.ndarray:
-        data = self.reader.read(ys, xs)
-        if self.channel is not None:
-            data = data[self.channel:self.channel + 1]
-        check_pixels(self.path, data)
-        return data
-
-    def close(self) -> None:
-        self.reader.close()
-
-
-class RegionSource:
-    """Model input for any region of a big image, the same as whole-image preprocessing
-    would give it: channel selection, percentile normalisation with the percentiles of the
-    whole image (computed once, band by band, on the subsample `normalize_percentile`
-    uses) at `percentiles` (low, high), 1 - value if `inverted`, zoom by `scale`.
-
-    regions: has `shape` (C, Y, X) and `read(ys, xs) -> (C, y, x)` (e.g. TiffRegionReader).
-    """
-
-    BAND_ROWS = 1024
-
-    def __init__(self, regions, in_channels: int, channel: int | None = None,
-                 scale: float = 1.0, percentiles=None, inverted: bool = False):
-        from cellvit_cli.preprocess import PERCENTILES
-
-        self.regions, self.in_channels = regions, in_channels
-        self.channel, self.scale = channel, scale
-        self.percentiles, self.inverted = percentiles or PERCENTILES, inverted
-        self.shape = tuple(regions.shape[1:])
-        self.low, self.high = self._percentiles()
-
-    def _channels(self, data: np.ndarray) -> np.ndarray:
-        from cellvit_cli.preprocess import to_channels
-
-        return to_channels(data, self.in_channels, self.channel)
-
-    def _percentiles(self) -> tuple[np.ndarray, np.ndarray]:
-        n_y, n_x = self.shape
-        step = max(1, int(math.sqrt(n_y * n_x / SAMPLE_PIXELS)))
-        band = step * math.ceil(self.BAND_ROWS / step)
-        samples = [self._channels(self.regions.read(slice(y, y + band), slice(0, n_x)))
-                   [:, ::step, ::step].astype(np.float32) for y in range(0, n_y, band)]
-        sample = np.concatenate(samples, axis=1)
-        low, high = np.percentile(sample, self.percentiles, axis=(1, 2))
-        return low.astype(np.float32), high.astype(np.float32)
-
-    def read(self, region: Slices, zoom: float | None = None) -> np.ndarray:
-        """(in_channels, y * zoom, x * zoom) float32 model input of `region` of the image
-        (zoom: `scale` if None)."""
-        from cellvit_cli.preprocess import invert, rescale
-
-        data = self._channels(self.regions.read(*region)).astype(np.float32)
-        for c, (low, high) in enumerate(zip(self.low, self.high)):
-            data[c] = (data[c] - low) / max(high - low, 1e-6) if high > low else 0.0
-        data = invert(data) if self.inverted else data
-        zoom = self.scale if zoom is None else zoom
-        return rescale(data, zoom).astype(np.float32, copy=False)
-
-
-def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
-                        metadata=None) -> tuple[int, int, object]:
-    """Segment the TIFF at `path` block by block into labels at `out_path` (atomic).
-
-    segmenter: a `segmenter.Segmenter` (its predictor, decode, zoom, model config and
-    settings.block_size / channel / progress). One zoom serves the whole image: that of
-    `estimate` (a `sizing.SizeEstimate`), else the segmenter's, estimated from crops of the
-    image when the segmenter has none. Labels are uint16 when the cells fit, else uint32,
-    with the input's pixel size and `metadata(estimate)` (a JSON-able dict) in the
-    description. Returns (cells, pixels, estimate). Raises InputError when the file cannot
-    be read or is refused as `read_image` refuses it, or the zoom shrinks it to nothing.
-    clock(stage) is an optional timing context manager.
-    """
-    clock = clock or (lambda stage: contextlib.nullcontext())
-    settings, config = segmenter.settings, segmenter.loaded.config
-    with clock("read"):
-        regions, pixel_size = _open_regions(Path(path), settings.channel)
-    try:
-        with clock("read"):
-            try:
-                segmenter.warn_averaged(regions.shape[0], path)
-                source = RegionSource(regions, config.in_channels,
-                                      percentiles=segmenter.percentiles,
-                                      inverted=settings.invert)
-            except InputError:
-                raise
-            except READ_ERRORS as err:  # the percentile pass reads every pixel once
-                raise InputError(path, f"cannot read TIFF: {err}") from err
-        if estimate is None:
-            with clock("size"):
-                estimate = segmenter.estimate(source.shape, source.read, whole_pixels=0)
-        check_zoom(path, source.shape, estimate.zoom)
-        source.scale = estimate.zoom
-        halo = halo_for(config.median_diameter, estimate.zoom)
-        blocks = plan_blocks(source.shape, settings.block_size, halo)
-
-        def predict(outer):
-            with clock("read"):
-                x = source.read(outer)
-            return segmenter.predictor.predict(x)
-
-        def decode(maps, outer):
-            with clock("decode"):
-                labels = segmenter.decode(maps, tuple(s.stop - s.start for s in outer))
-                return segmenter.clean(labels, image_borders(outer, source.shape))
-
-        extra = {} if metadata is None else {"description": json.dumps(
-            {LABEL_METADATA_KEY: metadata(estimate)})}
-        n_cells = _write_labels(out_path, source.shape, blocks, predict, decode, pixel_size,
-                                settings.progress, Path(path).name, clock, extra)
-    finally:
-        getattr(regions, "close", lambda: None)()
-    return n_cells, source.shape[0] * source.shape[1], estimate
-
-
-def _open_regions(path: Path, channel: int | None = None):
-    """Checked regions of `path` (channel `channel` if given) and its pixel size; reading
-    it whole (`read_image`, the same checks) as a fallback."""
-    try:
-        reader = TiffRegionReader(path)
-    except UnsupportedLayout as err:
-        log.warning("%s; reading it whole", err)
-        image = read_image(path, channel)
-        return ArrayRegions(image.data), image.pixel_size
-    except READ_ERRORS as err:
-        raise InputError(path, f"cannot read TIFF: {err}") from err
-    try:
-        regions = CheckedRegions(reader, path, channel)
-    except InputError:
-        reader.close()
-        raise
-    try:
-        pixel_size = tiff_pixel_size(reader._tif)
-    except READ_ERRORS:
-        pixel_size = None
-    return regions, pixel_size
-
-
-def _write_labels(out_path, shape, blocks, predict, decode, pixel_size, progress: bool,
-                  name: str, clock, extra: dict | None = None) -> int:
-    """Run `segment_blocks` into a uint32 temporary file, then narrow it to uint16 if the
-    cells fit, and move it to `out_path`. `extra`: more tifffile write arguments."""
-    resolution = dict(extra or {})
-    if pixel_size is not None:
-        resolution |= {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]),
-                       "resolutionunit": "CENTIMETER"}
-    n_blocks = sum(len(row) for row in blocks)
-    bar = tqdm(total=n_blocks, unit="block", desc=name, leave=False,
-               disable=None if progress else True)
-    with bar, atomic_path(out_path) as final:
-        wide = final.with_name(final.name + ".uint32.tif")
-        try:
-            result = segment_blocks(shape, blocks, predict, decode, wide, resolution, bar.update)
-            if result.n_cells <= UINT16_MAX:
-                with clock("write"):
-                    retype_tiled(wide, final, np.uint16, resolution)
-            else:
-                os.replace(wide, final)
-        finally:
-            wide.unlink(missing_ok=True)
-    return result.n_cells

@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 
 from cellvit_cli.cluster import open_client, parse_cluster
 from cellvit_cli.inference.fingerprint import run_fingerprint
-from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
-from cellvit_cli.inference.pipeline import (SegmentReport, finish_report, prepare_folders,
-                                            record_of, run_jobs)
+from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs, prepare_folders
+from cellvit_cli.inference.pipeline import SegmentReport, finish_report, record_of, run_jobs
 from cellvit_cli.inference.segmenter import SegmentSettings, Segmenter, check_thresholds
 from cellvit_cli.io import InputError
 

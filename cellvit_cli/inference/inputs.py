@@ -1,4 +1,4 @@
-"""Which files `cellvit segment` reads and which outputs each one gets."""
+"""Which files `cellvit segment` reads, which outputs each one gets, and their folders."""
 
 import fnmatch
 import glob
@@ -10,9 +10,9 @@ import numpy as np
 import tifffile
 
 from cellvit_cli import export
-from cellvit_cli.inference.blocks import READ_ERRORS
 from cellvit_cli.inference.fingerprint import changed_settings
-from cellvit_cli.io import TIFF_SUFFIXES, read_label_metadata
+from cellvit_cli.io import (READ_ERRORS, TIFF_SUFFIXES, make_folder, read_label_metadata,
+                            temp_target)
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,25 @@ def plan_jobs(inputs: list[tuple[Path, PurePath]], out_dir: Path,
             raise ValueError(f"{clash[0]}: an output would overwrite an input")
         jobs.append(Job(path, outputs, fingerprint))
     return jobs
+
+
+def prepare_folders(out_dir: Path, jobs: list[Job]) -> None:
+    """Create the output folders (InputError naming one that cannot be) and remove what a
+    killed run left of these outputs: `io.atomic_path` temporary files. (A run writing the
+    same outputs at the same time would lose its own: that would be a clash anyway.)"""
+    planned = {path for job in jobs for path in job.outputs.values()}
+    make_folder(out_dir)
+    for folder in sorted({path.parent for path in planned}):
+        make_folder(folder)
+        for path in folder.glob(".*.tmp-*"):
+            if _is_planned(temp_target(path), planned):
+                path.unlink(missing_ok=True)
+
+
+def _is_planned(target: Path | None, planned: set[Path]) -> bool:
+    """Whether `target` is a planned output, or a head's file of a planned maps output."""
+    if target is None:
+        return False
+    stem, _, head = target.stem.rpartition("_maps_")
+    return target in planned or bool(stem and head
+                                     and target.with_name(f"{stem}_maps.tif") in planned)

@@ -3,7 +3,8 @@
 `segment_paths` runs a folder (or list) of images: a reader thread reads the next images
 and finds the zoom of each (`sizing.py`), the network predicts the tiles of several images
 per batch, and decoder threads decode and write finished images beside it. Images above a
-pixel budget go through block mode (`blocks.py`). One image in memory: `segment_array`.
+pixel budget go through block mode (`block_pipeline.py`). One image in memory:
+`segment_array`.
 """
 
 import csv
@@ -12,29 +13,30 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from tqdm.auto import tqdm
 
 from cellvit_cli import export
-from cellvit_cli.inference.blocks import READ_ERRORS, check_zoom, segment_file_blocks
 from cellvit_cli.device import precision_name
+from cellvit_cli.inference.block_pipeline import segment_file_blocks
+from cellvit_cli.inference.blocks import check_zoom
 from cellvit_cli.inference.fingerprint import run_fingerprint
-from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs
+from cellvit_cli.inference.inputs import (Job, find_inputs, jobs_to_do, plan_jobs,
+                                         prepare_folders)
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
                                              segment_array, segment_array_with_size)
 from cellvit_cli.inference.sizing import SizeEstimate
 from cellvit_cli.inference.summary import (CELLS_FILE, ImageRecord, write_cells_table,
                                            write_summary)
-from cellvit_cli.io import (InputError, make_folder, read_image, select_channel, temp_target,
+from cellvit_cli.io import (InputError, image_shape, named_errors, read_image, temp_target,
                             write_labels)
-from cellvit_cli.preprocess import rescale, resize_labels
+from cellvit_cli.preprocess import rescale, resize_labels, select_channel
 
 log = logging.getLogger(__name__)
 
@@ -139,28 +141,6 @@ def run_jobs(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, recor
         bar.update()
 
 
-def prepare_folders(out_dir: Path, jobs: list[Job]) -> None:
-    """Create the output folders (InputError naming one that cannot be) and remove what a
-    killed run left of these outputs: `io.atomic_path` temporary files. (A run writing the
-    same outputs at the same time would lose its own: that would be a clash anyway.)"""
-    planned = {path for job in jobs for path in job.outputs.values()}
-    make_folder(out_dir)
-    for folder in sorted({path.parent for path in planned}):
-        make_folder(folder)
-        for path in folder.glob(".*.tmp-*"):
-            if _is_planned(temp_target(path), planned):
-                path.unlink(missing_ok=True)
-
-
-def _is_planned(target: Path | None, planned: set[Path]) -> bool:
-    """Whether `target` is a planned output, or a head's file of a planned maps output."""
-    if target is None:
-        return False
-    stem, _, head = target.stem.rpartition("_maps_")
-    return target in planned or bool(stem and head
-                                     and target.with_name(f"{stem}_maps.tif") in planned)
-
-
 def record_of(job: Job, out_dir: Path, status: str, **figures) -> ImageRecord:
     labels = job.outputs["labels"]
     name = labels.relative_to(out_dir) if labels.is_relative_to(out_dir) else labels
@@ -233,25 +213,9 @@ def _split_by_size(jobs: list[Job], segmenter: Segmenter) -> tuple[list[Job], li
     """(whole-image jobs, block-mode jobs), from the image shape in each file's header."""
     whole, big = [], []
     for job in jobs:
-        shape = _image_shape(job.path) if segmenter.settings.block_mode != "off" else None
+        shape = image_shape(job.path) if segmenter.settings.block_mode != "off" else None
         (big if shape is not None and segmenter.uses_blocks(shape) else whole).append(job)
     return whole, big
-
-
-def _image_shape(path: Path) -> tuple[int, int] | None:
-    """(Y, X) from the TIFF header; None if unreadable (read_image will then say why)."""
-    tiff_log = logging.getLogger("tifffile")
-    level = tiff_log.level
-    tiff_log.setLevel(logging.CRITICAL)  # a broken file is reported once, when read
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape = tuple(n for n, a in zip(series.shape, series.axes) if a in "YX")
-    except (*READ_ERRORS, IndexError):
-        return None
-    finally:
-        tiff_log.setLevel(level)
-    return shape if len(shape) == 2 else None
 
 
 @dataclass
@@ -277,13 +241,11 @@ def _load(job: Job, segmenter: Segmenter, clock: _Clock) -> tuple[_Read, np.ndar
     settings, started = segmenter.settings, time.perf_counter()
     with clock("read"):
         image = read_image(job.path)
-        data = (image.data if settings.channel is None
-                else select_channel(job.path, image.data, settings.channel))
-        try:
+        with named_errors(job.path):
+            data = (image.data if settings.channel is None
+                    else select_channel(image.data, settings.channel))
             settings.measured_channels(image.data.shape[0])  # in range
             x = segmenter.prepare(data, name=job.path)
-        except ValueError as err:
-            raise InputError(job.path, str(err)) from err
     with clock("size"):
         try:
             estimate = segmenter.estimate_array(x)
@@ -334,11 +296,8 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
     """
     settings = segmenter.settings
     workers = settings.workers or max(1, min(4, (os.cpu_count() or 2) // 2))
-    tiles_bar = tqdm(unit="tile", desc="network", leave=False,
-                     disable=None if settings.progress else True)
-    segmenter.predictor.on_tiles = tiles_bar.update
     rerouted: list[tuple[Job, SizeEstimate]] = []
-    with tiles_bar, ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+    with _tiles_bar(segmenter), ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[_Read, int, Future]] = deque()
 
         def submit(read: _Read, maps: dict, labels: np.ndarray | None = None) -> None:
@@ -363,8 +322,19 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
             del maps
         while pending:
             _collect(*pending.popleft(), segmenter, report, bar, records)
-    segmenter.predictor.on_tiles = None
     return rerouted
+
+
+@contextmanager
+def _tiles_bar(segmenter: Segmenter) -> Iterator[None]:
+    """A tqdm bar of the tiles the network predicts, stepped by the predictor while open."""
+    with tqdm(unit="tile", desc="network", leave=False,
+              disable=None if segmenter.settings.progress else True) as bar:
+        segmenter.predictor.on_tiles = bar.update
+        try:
+            yield
+        finally:
+            segmenter.predictor.on_tiles = None
 
 
 def _finish(read: _Read, maps: dict, labels: np.ndarray | None, segmenter: Segmenter,

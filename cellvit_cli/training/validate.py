@@ -5,6 +5,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from cellvit_cli.device import default_batch_size
+from cellvit_cli.inference.predictor import DenseNetwork, Predictor
+from cellvit_cli.inference.segmenter import SegmentSettings
 from cellvit_cli.metrics import average_precision
 from cellvit_cli.modeling import CellViT
 from cellvit_cli.postprocess import decode
@@ -15,13 +18,9 @@ def validation_maps(model: CellViT, samples: Sequence[Sample], device: torch.dev
                     ) -> list[dict[str, np.ndarray]]:
     """Dense maps of every sample, tiled and stitched exactly as `cellvit segment` does, so
     thresholds tuned on them hold for segmentation."""
-    from cellvit_cli.inference import DenseNetwork, Predictor, SegmentSettings
-    from cellvit_cli.device import default_batch_size
-
-    settings = SegmentSettings(progress=False)
     predictor = Predictor(DenseNetwork(model, tuple(model.heads)), device=device,
-                          batch_size=default_batch_size(device), tile_size=settings.tile_size,
-                          overlap=settings.overlap)
+                          batch_size=default_batch_size(device),
+                          tile_size=SegmentSettings.tile_size, overlap=SegmentSettings.overlap)
     was_training = model.training
     model.eval()
     try:
