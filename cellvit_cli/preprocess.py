@@ -90,19 +90,6 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[: shape[0], : shape[1]]
 
 
-def check_percentiles(percentiles) -> tuple[float, float]:
-    """(low, high) as floats with 0 <= low < high <= 100; ValueError otherwise."""
-    try:
-        low, high = (float(p) for p in percentiles)
-    except (TypeError, ValueError):
-        raise ValueError(f"normalisation percentiles must be two numbers LOW HIGH, "
-                         f"got {percentiles!r}") from None
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"normalisation percentiles must satisfy 0 <= LOW < HIGH <= 100, "
-                         f"got {low:g} {high:g}")
-    return low, high
-
-
 def averages_channels(n_channels: int, in_channels: int, channel: int | None = None) -> bool:
     """Whether `to_channels` averages several channels into one for a one-channel model."""
     return in_channels == 1 and channel is None and n_channels > 1

@@ -77,7 +77,7 @@ def _model_input(path, regions, segmenter) -> RegionSource:
     try:
         segmenter.warn_averaged(regions.shape[0], path)
         return RegionSource(regions, segmenter.loaded.config.in_channels,
-                            percentiles=settings.norm_percentiles, inverted=settings.invert)
+                            percentiles=segmenter.percentiles, inverted=settings.invert)
     except InputError:
         raise
     except READ_ERRORS as err:
