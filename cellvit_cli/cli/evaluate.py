@@ -6,9 +6,16 @@ import click
 
 from cellvit_cli import evaluation
 from cellvit_cli.io import BinaryMaskError, InputError
+from cellvit_cli.metrics import DEFAULT_IOU_THRESHS
 from cellvit_cli.pairing import PairingError, shown
 
 _FOLDER = click.Path(exists=True, file_okay=False, dir_okay=True, path_type=Path)
+
+
+def _as_range(threshs) -> str:
+    """Evenly spaced IoU thresholds as start:step:stop, e.g. '0.5:0.05:0.95'."""
+    step = round(threshs[1] - threshs[0], 6)
+    return f"{threshs[0]:g}:{step:g}:{threshs[-1]:g}"
 
 
 def _thresholds(ctx, param, value: str) -> tuple[float, ...]:
@@ -64,7 +71,8 @@ def _pair_or_fail(pred_dir, gt_dir, pred_suffix, gt_suffix, skip_unmatched):
 @click.option("--gt-suffix", default=None,
               help="Ground-truth names end with this ('' for none); default: found among "
                    "_masks, _mask, _labels, _seg.npy and none.")
-@click.option("--iou-thresholds", "iou_threshs", default="0.5:0.05:0.95", show_default=True,
+@click.option("--iou-thresholds", "iou_threshs", default=_as_range(DEFAULT_IOU_THRESHS),
+              show_default=True,
               callback=_thresholds, help="start:step:stop or a comma list, e.g. 0.5,0.75.")
 @click.option("--skip-unmatched", is_flag=True,
               help="Evaluate the pairs found instead of failing on unpaired files.")

@@ -7,7 +7,6 @@ import click
 
 
 TUNED_SCORES = "validation (tuned)"  # how scores from thresholds.json are named
-SUMMARY_FILE = "train_summary.json"  # as cellvit_cli.training.finish, without importing it
 
 
 def model_summary(folder: Path) -> dict:
@@ -16,7 +15,8 @@ def model_summary(folder: Path) -> dict:
 
     Scores come from scores.json ({data set: {mode: {...}}}) or, without it, from the
     validation scores that `cellvit train` keeps in thresholds.json."""
-    from cellvit_cli.modeling.folder import CONFIG_FILE, SCORES_FILE, THRESHOLDS_FILE, read_json
+    from cellvit_cli.modeling.folder import (CONFIG_FILE, SCORES_FILE, SUMMARY_FILE,
+                                             THRESHOLDS_FILE, read_json)
 
     config = read_json(folder / CONFIG_FILE)
     thresholds, scores, summary = (read_json(path) if path.is_file() else {} for path in (

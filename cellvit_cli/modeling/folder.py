@@ -22,6 +22,7 @@ DEFAULT_MODEL = "nuclei_fluo_tiny"
 CONFIG_FILE, THRESHOLDS_FILE, WEIGHTS_FILE, CARD_FILE = (
     "config.json", "thresholds.json", "weights.pt", "README.md")
 SCORES_FILE = "scores.json"  # {data set: {mode: {"ap50": .., "ap75": .., "map": .., ...}}}
+SUMMARY_FILE = "train_summary.json"  # how training went; `cellvit models` shows its warnings
 RETIRED_KEYS = ("pixel_size",)  # written by earlier versions, never used: ignored on reading
 # what torch.load raises on a damaged file: short reads, a broken zip, a bad pickle
 _TORCH_LOAD_ERRORS = (OSError, EOFError, RuntimeError, KeyError, ValueError,

@@ -14,7 +14,7 @@ import torch
 from cellvit_cli import __version__
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import ModelConfig, load_model_folder, save_thresholds
-from cellvit_cli.modeling.folder import CARD_FILE
+from cellvit_cli.modeling.folder import CARD_FILE, SUMMARY_FILE
 from cellvit_cli.settings import TrainConfig, TrainRequest
 from cellvit_cli.training.data import Sample
 from cellvit_cli.training.loop import LOG_FILE, Trainer
@@ -22,7 +22,6 @@ from cellvit_cli.postprocess import available_modes
 from cellvit_cli.training.validate import validation_maps
 
 CURVES_FILE = "training_curves.png"
-SUMMARY_FILE = "train_summary.json"  # the closing report; `cellvit models` shows its warnings
 
 
 def tune_model_thresholds(model_dir: Path, val_samples: Sequence[Sample],

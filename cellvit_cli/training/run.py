@@ -11,11 +11,11 @@ import numpy as np
 
 from cellvit_cli import __version__
 from cellvit_cli.io import atomic_path
-from cellvit_cli.modeling.folder import (CARD_FILE, CONFIG_FILE, SCORES_FILE, THRESHOLDS_FILE,
-                                         WEIGHTS_FILE)
+from cellvit_cli.modeling.folder import (CARD_FILE, CONFIG_FILE, SCORES_FILE, SUMMARY_FILE,
+                                         THRESHOLDS_FILE, WEIGHTS_FILE)
 from cellvit_cli.settings import TrainConfig, TrainRequest
 from cellvit_cli.training.data import load_samples, pair_files, read_ids, require_objects
-from cellvit_cli.training.finish import (CURVES_FILE, SUMMARY_FILE, TrainReport, finish_report,
+from cellvit_cli.training.finish import (CURVES_FILE, TrainReport, finish_report,
                                          model_card, plot_curves, tune_model_thresholds,
                                          write_card, write_summary)
 from cellvit_cli.training.loop import CHECKPOINT_FILE, LOG_FILE, Trainer
