@@ -211,9 +211,9 @@ def _check_model_and_device(settings: SegmentSettings, cluster: str | None) -> N
     try:
         resolve_model(settings.model)
     except ModelFolderError as err:
-        raise click.BadParameter(str(err), param_hint="--model")
+        raise click.BadParameter(str(err), param_hint="'--model'")
     try:
         if cluster is None or cluster.startswith("local:"):
             resolve_device(settings.device)
     except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--device")
+        raise click.BadParameter(str(err), param_hint="'--device'")

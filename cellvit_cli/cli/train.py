@@ -1,5 +1,6 @@
 """`cellvit train`: train a model folder on images and instance masks."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -30,8 +31,6 @@ def _say(line: str) -> None:
 
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
-_REQUEST_FIELDS = ("images", "masks", "ids_file", "val_images", "val_masks", "val_ids_file",
-                   "val_fraction", "out_dir", "cache_dir", "mask_suffix")
 
 
 @click.command()
@@ -103,7 +102,7 @@ def train(resume, overwrite, crop_size, **options):
     """
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
-    request = build(TrainRequest, **{k: options.pop(k) for k in _REQUEST_FIELDS})
+    request = build(TrainRequest, **{f.name: options.pop(f.name) for f in fields(TrainRequest)})
     cfg = build(TrainConfig, augment=build(AugmentConfig, crop_size=crop_size), **options)
     _check_variant(cfg.variant)
     from cellvit_cli.training.finish import report_lines
