@@ -136,3 +136,16 @@ def test_missing_path_and_empty_glob_are_usage_errors(tmp_path, model_dir, given
 
 def test_usage_errors_come_before_the_heavy_imports():
     assert exit_code_and_heavy_imports(['segment', '--diameter', 'abc', 'x', '-o', 'y'], {'torch', 'scipy', 'cellpose', 'stardist'}) == ["2"]
+
+
+def test_percentiles_given_by_hand_equal_to_the_models_do_not_redo(one_image, tmp_path, model_dir):
+    out = tmp_path / "out"
+    _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12")
+    stored = read_label_metadata(out / "a_labels.tif")["settings"]["norm_percentiles"]
+    assert stored == [1.0, 99.8]  # the model's, recorded as such
+    result = _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12",
+                  "--norm-percentiles", "1", "99.8")
+    assert "0 image(s) done, 1 skipped" in result.output
+    result = _run(one_image, "-o", out, "--model", model_dir, "--diameter", "12",
+                  "--norm-percentiles", "2", "99")
+    assert "settings changed (norm_percentiles): redoing" in result.output

@@ -17,13 +17,24 @@ def settings_fingerprint(settings, model_folder: Path) -> dict:
     """{name: value} (JSON-able) of what decides the labels: the model folder, a digest of
     its config.json, thresholds.json and weights.pt (size and mtime), and every setting of
     `settings` (a SegmentSettings) that changes the labels (mode, diameter, scale, channel,
-    tile size, overlap, block mode, thresholds...)."""
+    tile size, overlap, block mode, thresholds...). Percentiles left to the model are
+    recorded as the model's, so that giving the same ones by hand changes nothing."""
     found = {"model_folder": str(Path(model_folder).resolve()),
              "model_digest": model_digest(Path(model_folder))}
     for f in fields(settings):
         if f.name not in _IGNORED:
             found[f.name] = getattr(settings, f.name)
+    if found.get("norm_percentiles") is None:
+        found["norm_percentiles"] = model_percentiles(Path(model_folder))
     return json.loads(json.dumps(found, default=str))
+
+
+def model_percentiles(folder: Path) -> list[float] | None:
+    """The normalisation percentiles in a model folder's config.json (None if unreadable)."""
+    try:
+        return list(json.loads((folder / "config.json").read_text())["normalization"]["percentiles"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def model_digest(folder: Path) -> str:
