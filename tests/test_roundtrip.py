@@ -8,7 +8,7 @@ stardist.matching (`accuracy`).
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from scipy import ndimage as ndi
+from helpers import degrade
 from stardist.matching import matching, matching_dataset
 
 from cellvit_cli.postprocess import decode
@@ -28,20 +28,6 @@ DSB_IDS = ("9ebcfaf2322932d464f15b5662cae4d669b2d785b8299556d73fffcae8365d32",
            "5488e8df5440ee5161fdfae3aeccd2ee396636430065c90e3f1f73870a975991",
            "0402a81e75262469925ea893b6706183832e85324f7b1e08e634129f5d522cdd")
 MIN_AP_DSB = {"star": 0.95, "flow": 0.98, "boundary": 0.98, "fused": 0.95}  # pooled AP@0.5
-
-
-def degrade(maps: dict, sigma: float = 1.0, noise: float = 0.05, scale: float = 0.8,
-            seed: int = 0) -> dict:
-    """Targets made to look predicted: Gaussian blur, additive noise, probabilities scaled."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for head, m in maps.items():
-        m = ndi.gaussian_filter(m, (0, sigma, sigma)) + rng.normal(0, noise, m.shape)
-        m[0] = np.clip(m[0] * scale, 0, 1)
-        if head == "boundary":
-            m[1] = np.clip(m[1], 0, 1)
-        out[head] = m.astype(np.float32)
-    return out
 
 
 @pytest.fixture(scope="module")
