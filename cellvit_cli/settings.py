@@ -53,6 +53,8 @@ class SegmentSettings:
     'fp32' or 'bf16' (`device.resolve_precision`). block_mode: 'auto' (images above
     `pixel_budget` pixels after zoom), 'on' or 'off'. workers: decoding threads (None:
     half the CPU cores, 1 to 4). progress: tqdm bars on stderr (shown on terminals only).
+    tta: test-time augmentation, the maps averaged over the 8 flips and rotations of each
+    tile (`inference.tta`; 8 network passes, size probes included).
 
     prob_thresh, nms_thresh, flow_thresh, fg_thresh, boundary_thresh: override the model's
     thresholds.json for the decoding mode (None: the model's; a threshold the mode does not
@@ -72,6 +74,7 @@ class SegmentSettings:
     batch_size: int | None = None
     device: str = AUTO
     precision: str = AUTO
+    tta: bool = False
     tile_size: int = 512
     overlap: int = 64
     block_mode: str = AUTO

@@ -139,6 +139,9 @@ def _segment(inputs, out_dir, settings, cluster):
                 show_default=True,
                 help="Network precision; auto: bf16 on CUDA and on CPUs with AVX512-BF16 or "
                      "AMX, else fp32.")
+@setting_option(SegmentSettings, "--tta", is_flag=True,
+                help="Test-time augmentation: average the maps of the 8 flips and rotations "
+                     "(8x the network time).")
 @setting_option(SegmentSettings, "--tile-size", type=int, show_default=True,
                 help="Network tile size (px, >= 16), rounded down to the model's patch "
                      "multiple.")

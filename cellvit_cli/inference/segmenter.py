@@ -9,8 +9,10 @@ import numpy as np
 from cellvit_cli.device import default_batch_size, resolve_device, resolve_precision
 from cellvit_cli.inference.predictor import DenseNetwork, Predictor
 from cellvit_cli.inference.sizing import SizeEstimate, clamp_zoom, estimate_zoom
+from cellvit_cli.inference.tta import TTANetwork
 from cellvit_cli.postprocess.cleanup import ALL_BORDERS, clean_labels
-from cellvit_cli.preprocess import averages_channels, prepare, rescale, resize_labels
+from cellvit_cli.preprocess import (averages_channels, prepare, rescale, resize_labels,
+                                    select_channel)
 from cellvit_cli.settings import AUTO, BLOCK_MODES, SegmentSettings, check_thresholds
 
 __all__ = ["BLOCK_MODES", "SegmentSettings", "Segmenter", "check_thresholds", "segment_array",
@@ -46,6 +48,8 @@ class Segmenter:
             **mode_thresholds(self.mode, loaded.thresholds), **settings.threshold_overrides}}
         self.device = device if device is not None else resolve_device(settings.device)
         network = DenseNetwork(loaded.model.to(self.device).eval(), self.map_heads)
+        if settings.tta:
+            network = TTANetwork(network)
         batch_size = settings.batch_size or default_batch_size(self.device)
         options = dict(device=self.device, batch_size=batch_size, tile_size=settings.tile_size,
                        overlap=settings.overlap,
@@ -159,10 +163,7 @@ def segment_array_with_size(image: np.ndarray, model=None,
         segmenter = Segmenter.from_settings(settings, model)
     data = _as_cyx(image)
     if settings.channel is not None:
-        if settings.channel >= data.shape[0]:
-            raise ValueError(f"channel {settings.channel} out of range: the image has "
-                             f"{data.shape[0]} channel(s)")
-        data = data[settings.channel:settings.channel + 1]
+        data = select_channel(data, settings.channel)
     x = segmenter.prepare(data, name="image")
     estimate = segmenter.estimate_array(x)
     if estimate.result is not None:
