@@ -220,7 +220,7 @@ def _parse_diameter(value) -> float | str:
 @dataclass(frozen=True)
 class AugmentConfig:
     """How training crops are drawn and jittered (`training.augment`); the steps after
-    noise_std are off by default (`augment.ROBUST_AUGMENT` turns them on)."""
+    noise_std are off by default (the "robust" of AUGMENTATIONS turns them on)."""
 
     crop_size: int = 128
     scale_range: tuple[float, float] = (0.7, 1.4)  # zoom, sampled log-uniformly
@@ -238,6 +238,16 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         _check([(self.crop_size >= 32, "crop_size", "crop size must be >= 32")])
+
+
+AUGMENTATIONS = {  # `cellvit train --augment NAME`
+    "standard": AugmentConfig(),  # the recipe of nuclei_fluo_tiny
+    # aimed at its failures (issue 12): dim objects beside bright ones, uneven background,
+    # blur and noise of several levels, crowded regions, a wider zoom range
+    "robust": AugmentConfig(scale_range=(0.6, 1.6), noise_std_range=(0.0, 0.08),
+                            object_gain_range=(0.15, 1.0), gradient_max=0.3,
+                            blur_sigma_max=1.5, crowded_fraction=0.3),
+}
 
 
 @dataclass
@@ -293,6 +303,7 @@ class TrainRequest:
     out_dir: Path = Path("model")
     cache_dir: Path | None = None
     mask_suffix: str | None = None   # None: found from the names (see cellvit_cli.pairing)
+    init_model: str | None = None    # model folder or shipped name to start from (fine-tune)
 
     def __post_init__(self) -> None:
         _check([(self.val_fraction is None or 0 <= self.val_fraction <= 0.9, "val_fraction",

@@ -8,7 +8,8 @@ import pytest
 from cellvit_cli.preprocess import normalize_percentile
 from cellvit_cli.samples import load_nuclei_sample
 from cellvit_cli.targets import clean_labels
-from cellvit_cli.training.augment import (ROBUST_AUGMENT, AugmentConfig, background_ramp,
+from cellvit_cli.settings import AUGMENTATIONS
+from cellvit_cli.training.augment import (AugmentConfig, background_ramp,
                                           contact_points, jitter_intensity, random_crop,
                                           random_geometry, scale_objects, window_around)
 from cellvit_cli.training.data import Sample
@@ -80,7 +81,7 @@ def test_robust_augment_keeps_targets_and_varies_the_image(sample):
     rng = np.random.default_rng(0)
     images = []
     for _ in range(6):
-        image, targets = random_crop(sample, HEADS, 32, ROBUST_AUGMENT, rng)
+        image, targets = random_crop(sample, HEADS, 32, AUGMENTATIONS["robust"], rng)
         assert image.shape == (1, 128, 128) and np.isfinite(image).all()
         assert targets["star"].shape == (33, 128, 128) and targets["boundary"].shape == (2, 128, 128)
         images.append(image)

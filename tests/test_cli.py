@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from cellvit_cli import __version__
 from cellvit_cli.cli import main
 from cellvit_cli.registry import HEADS
-from cellvit_cli.settings import (AugmentConfig, SegmentSettings, TrainConfig, TrainRequest,
-                                  default_of)
+from cellvit_cli.settings import (AUGMENTATIONS, AugmentConfig, SegmentSettings, TrainConfig,
+                                  TrainRequest, default_of)
 from conftest import exit_code_and_heavy_imports
 
 
@@ -56,6 +56,7 @@ def test_train_options_take_the_train_config_defaults():
     options = _option_defaults(train)
     assert options.pop("heads") == ",".join(default_of(TrainConfig, "heads")) == ",".join(HEADS)
     assert options.pop("crop_size") == default_of(AugmentConfig, "crop_size")
+    assert AUGMENTATIONS[options.pop("augmentation")] == AugmentConfig()  # --augment standard
     config_fields = {f.name for f in fields(TrainConfig)}
     for name in config_fields & set(options):
         assert options[name] == default_of(TrainConfig, name), name

@@ -18,6 +18,7 @@ from cellvit_cli.training.augment import (MARGIN, AugmentConfig, CropGeometry, c
 from cellvit_cli.training.data import Sample, load_samples, pair_files
 from cellvit_cli.training.finish import CARD_MARK, write_card
 from cellvit_cli.training.loop import Trainer, TrainConfig
+from conftest import save_packed_cells_model
 
 
 def quarters(array):
@@ -273,3 +274,40 @@ def test_train_cli_takes_multichannel_images(folders, tmp_path):
     loaded = load_model_folder(out)
     assert loaded.config.in_channels == 2
     assert loaded.model.encoder.patch_embed.in_channels == 2
+
+
+def test_train_cli_init_starts_from_a_model_and_refuses_another_variant(folders, tmp_path):
+    """--init: with a learning rate too small to move anything, the fine-tuned weights are
+    the starting model's (a model whose star head was set by hand, see conftest), a head it
+    lacks starts untrained (and the log says so); another variant is a one-line error."""
+    from cellvit_cli.modeling import load_model_folder
+
+    images, masks = folders
+    packed = save_packed_cells_model(tmp_path / "packed", heads=("star", "boundary"))
+    tuned = tmp_path / "tuned"
+    result = CliRunner().invoke(main, [
+        "train", "--images", str(images), "--masks", str(masks), "--variant", "vit_tiny_p16",
+        "--heads", "star,flow", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1",
+        "--crop-size", "64", "--device", "cpu", "--lr", "1e-12", "--init", str(packed),
+        "-o", str(tuned)])
+    assert result.exit_code == 0, result.output
+    assert f"starting from the weights of {packed}; untrained head(s): flow" in result.output
+    start, end = (dict(load_model_folder(f).model.named_parameters()) for f in (packed, tuned))
+    shared = [k for k in end if not k.startswith("heads.flow.")]
+    assert len(shared) > 50 and all(torch.allclose(start[k], end[k], atol=1e-6) for k in shared)
+    record = json.loads((tuned / "train_config.json").read_text())
+    assert record["request"]["init_model"] == str(packed)
+    assert f"| started from | the weights of `{packed}` (fine-tuned) |" in (
+        tuned / "README.md").read_text()
+    result = _train(images, masks, tmp_path / "other", "--epochs", "1", "--init", DEFAULT_MODEL)
+    assert result.exit_code == 1
+    assert ("cannot start from this model: variant 'vit_tiny_p16' (this run: 'vit_nano_p16')"
+            in result.output)
+
+
+def test_train_cli_robust_augmentation_is_recorded(folders, tmp_path):
+    images, masks = folders
+    out = tmp_path / "model"
+    assert _train(images, masks, out, "--epochs", "1", "--augment", "robust").exit_code == 0
+    augment = json.loads((out / "train_config.json").read_text())["config"]["augment"]
+    assert augment["object_gain_range"] == [0.15, 1.0] and augment["crop_size"] == 64

@@ -1,13 +1,13 @@
 """`cellvit train`: train a model folder on images and instance masks."""
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import click
 
 from cellvit_cli.cli.options import build, setting_option
 from cellvit_cli.registry import HEADS as HEAD_NAMES
-from cellvit_cli.settings import AugmentConfig, TrainConfig, TrainRequest, default_of
+from cellvit_cli.settings import AUGMENTATIONS, AugmentConfig, TrainConfig, TrainRequest, default_of
 
 
 def _heads(ctx, param, value: str) -> tuple[str, ...]:
@@ -66,6 +66,14 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @setting_option(TrainConfig, "--batch-size", type=int, show_default=True)
 @setting_option(AugmentConfig, "--crop-size", type=int, show_default=True,
                 help="Side of the square training crops (px, >= 32).")
+@click.option("--augment", "augmentation", type=click.Choice(list(AUGMENTATIONS)),
+              default="standard", show_default=True,
+              help="Augmentation recipe: standard (flips, rotations, zoom 0.7-1.4, gain, "
+                   "offset, gamma, noise) or robust (also dim objects beside bright ones, "
+                   "background ramps, blur, noise levels, crowded crops, zoom 0.6-1.6).")
+@click.option("--init", "init_model", default=None, metavar="MODEL",
+              help="Start from this model folder or shipped model's weights (fine-tuning "
+                     "to your images; same variant). Ignored with --resume.")
 @setting_option(TrainConfig, "--lr", type=float, show_default=True,
                 help="Peak learning rate (AdamW; warm-up, then cosine decay).")
 @setting_option(TrainConfig, "--time-budget", type=float,
@@ -84,7 +92,7 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
                    "may change).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the model already in OUT (its card, scores and logs go too).")
-def train(resume, overwrite, crop_size, **options):
+def train(resume, overwrite, crop_size, augmentation, **options):
     """Train a model on images and instance masks; write a model folder.
 
     Images pair with masks by name: img1.tif with masks/img1.tif, or img1_masks.tif (also
@@ -103,7 +111,9 @@ def train(resume, overwrite, crop_size, **options):
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
     request = build(TrainRequest, **{f.name: options.pop(f.name) for f in fields(TrainRequest)})
-    cfg = build(TrainConfig, augment=build(AugmentConfig, crop_size=crop_size), **options)
+    augment = build(AugmentConfig, **{**asdict(AUGMENTATIONS[augmentation]),
+                                      "crop_size": crop_size})
+    cfg = build(TrainConfig, augment=augment, **options)
     _check_variant(cfg.variant)
     from cellvit_cli.training.finish import report_lines
     from cellvit_cli.training.run import run_training

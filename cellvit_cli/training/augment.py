@@ -4,7 +4,7 @@ Star and boundary targets are computed on each augmented crop (cheap, and exact 
 flip, rotation or zoom); flows come from the per-image cache and are transformed with it.
 The intensity steps aimed at the failures of issue 12 (dim objects beside bright ones,
 uneven background, blur, noise of several levels, crowded regions) are off in
-`AugmentConfig()` (the recipe of nuclei_fluo_tiny) and on in `ROBUST_AUGMENT`.
+`AugmentConfig()` (the recipe of nuclei_fluo_tiny) and on in `AUGMENTATIONS["robust"]`.
 """
 
 from dataclasses import dataclass
@@ -20,11 +20,6 @@ from cellvit_cli.training.data import Sample
 
 MARGIN = 32  # px of context around a crop so that rays of objects cut by the crop stay true
 GLOW_PX = 3  # px around an object that take its gain in `scale_objects`
-
-
-ROBUST_AUGMENT = AugmentConfig(scale_range=(0.6, 1.6), noise_std_range=(0.0, 0.08),
-                               object_gain_range=(0.15, 1.0), gradient_max=0.3,
-                               blur_sigma_max=1.5, crowded_fraction=0.3)
 
 
 def dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:

@@ -172,6 +172,8 @@ def model_card(report: TrainReport, request: TrainRequest, cfg: TrainConfig,
                          f"({report.steps * cfg.batch_size:,} crops), {report.seconds:.0f} s"),
             ("kept", f"epoch {report.best_epoch}" if report.best_epoch is not None
              else "the last epoch")]
+    if request.init_model is not None:
+        rows.insert(5, ("started from", f"the weights of `{request.init_model}` (fine-tuned)"))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     lines = [CARD_MARK, f"# {Path(report.out_dir).resolve().name}", "",
              f"Trained by `cellvit train` (cellvit-cli {__version__}) on {date}; the full "

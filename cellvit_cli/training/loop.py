@@ -86,6 +86,24 @@ class Trainer:
         self.model_config = ModelConfig(cfg.variant, tuple(cfg.heads), cfg.in_channels, cfg.n_rays,
                                         median_diameter=round(median_diameter(train_samples), 2))
 
+    def start_from(self, name_or_path) -> list[str]:
+        """Start from the weights of a model folder or shipped model (fine-tuning): every
+        part of the network, and each head the model has. Returns the heads it lacks (they
+        start untrained); ValueError when its variant, channels or rays differ."""
+        from cellvit_cli.modeling import load_model_folder
+
+        loaded = load_model_folder(name_or_path)
+        theirs, ours = loaded.config, self.model_config
+        differ = [f"{name} {getattr(theirs, name)!r} (this run: {getattr(ours, name)!r})"
+                  for name in ("variant", "in_channels", "n_rays")
+                  if getattr(theirs, name) != getattr(ours, name)]
+        if differ:
+            raise ValueError(f"{loaded.path}: cannot start from this model: {', '.join(differ)}")
+        state = {k: v for k, v in loaded.model.state_dict().items()
+                 if not k.startswith("heads.") or k.split(".")[1] in self.cfg.heads}
+        self.model.load_state_dict(state, strict=False)
+        return [h for h in self.cfg.heads if h not in theirs.heads]
+
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One epoch of steps; returns mean losses {'loss': .., '<head>_loss': ..}."""
         from tqdm import tqdm

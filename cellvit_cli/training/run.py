@@ -140,9 +140,19 @@ def run_training(request: TrainRequest, cfg: TrainConfig, resume: bool = False,
         remove_model_files(out)
     trainer = Trainer(train_samples, val_samples, out, cfg)
     saved_cfg = trainer.load_checkpoint() if resume else None
+    if request.init_model is not None and not resume:
+        _start_from(trainer, request.init_model, log)
     record_run(out, request, trainer, (train_pairs, val_pairs), saved_cfg)
     trainer.run(progress, log)
     return _finish(trainer, request, log)
+
+
+def _start_from(trainer: Trainer, init_model: str, log: Callable[[str], None] | None) -> None:
+    """Load the weights of `init_model` into the trainer's model and say so."""
+    untrained = trainer.start_from(init_model)
+    if log is not None:
+        extra = f"; untrained head(s): {', '.join(untrained)}" if untrained else ""
+        log(f"starting from the weights of {init_model}{extra}")
 
 
 def _finish(trainer: Trainer, request: TrainRequest, log: Callable[[str], None] | None
