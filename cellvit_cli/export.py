@@ -5,12 +5,19 @@ Polygon coordinates are in pixel-edge units, the convention of both ImageJ and Q
 the marching-squares contour (level 0.5) of the object's mask, so it passes half-way between
 the object's boundary pixels and their outside neighbours: every object pixel centre lies
 inside it, every other pixel centre outside (up to diagonal-only touches and holes).
+
+The ROI zip, GeoJSON and measurements are written in parts: a writer (`RoiZipWriter`,
+`GeoJsonWriter`, `MeasurementsWriter`) takes one `Cells` set at a time (the whole image, or
+the cells one block of block mode owns) and renames its file into place when closed
+without error. `write_roi_zip`, `write_geojson` and `write_measurements` are the one-set case.
 """
 
+import contextlib
 import csv
 import json
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +41,7 @@ OUTPUT_SUFFIXES = {
     "measurements": "_cells.csv",
     "maps": "_maps.tif",  # write_maps turns it into _maps_<head>.tif
 }
+BLOCK_EXPORTS = ("rois", "geojson", "measurements")  # built cell set by cell set: block mode too
 SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter", "axis_major_length",
                     "axis_minor_length", "orientation", "equivalent_diameter_area")
 SHAPE_NAMES = {"equivalent_diameter_area": "equivalent_diameter"}  # regionprops -> ours
@@ -41,10 +49,12 @@ SHAPE_NAMES = {"equivalent_diameter_area": "equivalent_diameter"}  # regionprops
 
 # ---- outlines -------------------------------------------------------------------------------
 
-def iter_outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def iter_outlines(labels: np.ndarray, offset: tuple[int, int] = (0, 0)
+                  ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (label, xy) per object: xy float64 (N, 2) closed ring, pixel-edge x then y.
 
-    labels: (Y, X) int. The ring is the longest contour of the object (its outer boundary;
+    labels: (Y, X) int whose pixel (0, 0) is pixel `offset` (y, x) of the image the
+    coordinates refer to. The ring is the longest contour of the object (its outer boundary;
     holes and detached fragments are dropped); the first point is repeated at the end.
     """
     for index, slices in enumerate(ndi.find_objects(labels)):
@@ -54,8 +64,8 @@ def iter_outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         mask = np.pad(labels[slices] == label, 1)
         contours = skmeasure.find_contours(mask.astype(np.uint8), 0.5, fully_connected="high")
         ring = _drop_collinear(max(contours, key=len))
-        offset = np.array([slices[0].start, slices[1].start]) - 1 + 0.5
-        yield label, (ring + offset)[:, ::-1]
+        shift = np.array([slices[0].start, slices[1].start]) + np.asarray(offset) - 1 + 0.5
+        yield label, (ring + shift)[:, ::-1]
 
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
@@ -76,21 +86,114 @@ def _cell_name(label: int) -> str:
     return f"cell_{label:04d}"
 
 
+@dataclass(frozen=True)
+class Cells:
+    """A set of final cells, as the exports take them: those of a whole image, or of a region.
+
+    labels: (y, x) int, 0 background; offset: (y0, x0), where pixel (0, 0) of `labels` lies
+    in the image; label_offset: added to each label to give the cell's id in the image;
+    image: the raw (C, y, x) intensities of the same region, or None.
+    """
+
+    labels: np.ndarray
+    offset: tuple[int, int] = (0, 0)
+    label_offset: int = 0
+    image: np.ndarray | None = None
+
+    def outlines(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(cell id, xy ring in the image's coordinates) per cell, as `iter_outlines`."""
+        for label, xy in iter_outlines(self.labels, self.offset):
+            yield label + self.label_offset, xy
+
+
+class _PartsFile:
+    """A file written in parts: `add(cells)` per cell set (at least once), renamed onto
+    `path` on leaving the `with` block without error (then `written`), removed on an error
+    (`atomic_path`)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.written = False  # True once renamed onto `path`
+
+    def __enter__(self):
+        with contextlib.ExitStack() as stack:
+            self._open(stack, stack.enter_context(atomic_path(self.path)))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            try:
+                self._finish()
+            except BaseException as err:
+                self._stack.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._stack.__exit__(kind, error, traceback)
+        self.written = kind is None
+
+    def _open(self, stack: contextlib.ExitStack, tmp: Path) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """What closes the file's content (nothing by default)."""
+
+    def add(self, cells: Cells) -> None:
+        raise NotImplementedError
+
+
 # ---- ImageJ ROI zip ---------------------------------------------------------------------------
+
+class RoiZipWriter(_PartsFile):
+    """A zip of ImageJ polygon ROIs for Fiji, one per cell, named cell_0001, ... by cell id."""
+
+    def _open(self, stack, tmp) -> None:
+        self._zip = stack.enter_context(zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED))
+
+    def add(self, cells: Cells) -> None:
+        for label, xy in cells.outlines():
+            roi = roifile.ImagejRoi.frompoints(xy[:-1], name=_cell_name(label))
+            roi.roitype = roifile.ROI_TYPE.POLYGON
+            self._zip.writestr(f"{roi.name}.roi", roi.tobytes())
+
 
 def write_roi_zip(labels: np.ndarray, path) -> None:
     """Write one ImageJ polygon ROI per object (named cell_0001, ...) into a zip for Fiji.
 
     labels: (Y, X) int. Empty labels give an empty zip.
     """
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for label, xy in iter_outlines(labels):
-            roi = roifile.ImagejRoi.frompoints(xy[:-1], name=_cell_name(label))
-            roi.roitype = roifile.ROI_TYPE.POLYGON
-            zf.writestr(f"{roi.name}.roi", roi.tobytes())
+    with RoiZipWriter(path) as writer:
+        writer.add(Cells(labels))
 
 
 # ---- GeoJSON ----------------------------------------------------------------------------------
+
+class GeoJsonWriter(_PartsFile):
+    """A GeoJSON FeatureCollection, one Polygon per cell, as QuPath imports it (see
+    `write_geojson` for the properties)."""
+
+    def __init__(self, path, pixel_size=None, object_type: str = "detection",
+                 classification: str | None = None):
+        super().__init__(path)
+        self.pixel_size, self.object_type = pixel_size, object_type
+        self.classification = classification
+
+    def _open(self, stack, tmp) -> None:
+        self._file = stack.enter_context(open(tmp, "w"))
+        self._file.write('{"type":"FeatureCollection","features":[')
+        self._separator = ""
+
+    def add(self, cells: Cells) -> None:
+        areas = np.bincount(cells.labels.ravel()) if cells.labels.size else np.zeros(1, np.int64)
+        for label, xy in cells.outlines():
+            area = int(areas[label - cells.label_offset])
+            feature = _feature(label, xy, area, self.pixel_size, self.object_type,
+                               self.classification)
+            self._file.write(self._separator + json.dumps(feature, separators=(",", ":")))
+            self._separator = ","
+
+    def _finish(self) -> None:
+        self._file.write("]}")
+
 
 def write_geojson(labels: np.ndarray, path, pixel_size=None, object_type: str = "detection",
                   classification: str | None = None) -> None:
@@ -101,12 +204,8 @@ def write_geojson(labels: np.ndarray, path, pixel_size=None, object_type: str = 
     area (pixels), area_um2 when pixel_size (um, y then x) is given, and classification
     ({"name": ...}) when given.
     """
-    areas = np.bincount(labels.ravel()) if labels.size else np.zeros(1, np.int64)
-    features = [_feature(label, xy, int(areas[label]), pixel_size, object_type, classification)
-                for label, xy in iter_outlines(labels)]
-    collection = {"type": "FeatureCollection", "features": features}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection, separators=(",", ":")))
+    with GeoJsonWriter(path, pixel_size, object_type, classification) as writer:
+        writer.add(Cells(labels))
 
 
 def _feature(label, xy, area, pixel_size, object_type, classification) -> dict:
@@ -189,12 +288,21 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size=None
     (radians, skimage's convention), equivalent_diameter (pixels, of the circle of the
     same area); area_um2 (and perimeter_um) when pixel_size (um, y then x) is given.
     """
-    image = None if image is None else _as_cyx(image)
+    return measure_cells(Cells(labels, image=image), pixel_size, shape_features, channels,
+                         image_name)
+
+
+def measure_cells(cells: Cells, pixel_size=None, shape_features: bool = True, channels=None,
+                  image_name: str | None = None) -> dict[str, np.ndarray]:
+    """The columns of `measure` for a `Cells` set: labels are cell ids, centroids and boxes
+    are in the image's coordinates (`cells.offset` and `label_offset` added)."""
+    labels = cells.labels
+    image = None if cells.image is None else _as_cyx(cells.image)
     channels = [] if image is None else list(range(len(image)) if channels is None else channels)
     properties = ["label", "centroid", "area", "bbox"]
     properties += list(SHAPE_PROPERTIES) if shape_features else []
     table = skmeasure.regionprops_table(labels, properties=properties)
-    columns = _rename(table)
+    columns = _placed(_rename(table), cells)
     for c in channels:
         columns |= _intensity_columns(labels, image[c], c)
     columns |= {SHAPE_NAMES.get(p, p): np.asarray(table[p]) for p in SHAPE_PROPERTIES
@@ -207,6 +315,16 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size=None
     if image_name is not None:
         columns = {"image": np.full(len(columns["label"]), image_name, object), **columns}
     return columns
+
+
+def _placed(columns: dict[str, np.ndarray], cells: Cells) -> dict[str, np.ndarray]:
+    """Label, centroid and box columns moved from `cells.labels` into the image."""
+    if cells.offset == (0, 0) and cells.label_offset == 0:
+        return columns
+    y0, x0 = cells.offset
+    shifts = {"label": cells.label_offset, "centroid_y": y0, "centroid_x": x0,
+              "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y0, "bbox_x1": x0}
+    return {name: values + shifts.get(name, 0) for name, values in columns.items()}
 
 
 def _as_cyx(image: np.ndarray) -> np.ndarray:
@@ -238,16 +356,36 @@ def _intensity_columns(labels: np.ndarray, channel: np.ndarray, index: int
             f"integrated_intensity_c{index}": mean * np.asarray(table["area"])}
 
 
+class MeasurementsWriter(_PartsFile):
+    """A CSV of `measure_cells` rows, one per cell, under one header row (see `measure`)."""
+
+    def __init__(self, path, pixel_size=None, shape_features: bool = True, channels=None,
+                 image_name: str | None = None):
+        super().__init__(path)
+        self.options = {"pixel_size": pixel_size, "shape_features": shape_features,
+                        "channels": channels, "image_name": image_name}
+
+    def _open(self, stack, tmp) -> None:
+        self._writer = csv.writer(stack.enter_context(open(tmp, "w", newline="")))
+        self._header: list[str] | None = None
+
+    def add(self, cells: Cells) -> None:
+        columns = measure_cells(cells, **self.options)
+        if self._header is None:
+            self._header = list(columns)
+            self._writer.writerow(self._header)
+        elif list(columns) != self._header:
+            raise ValueError(f"cells measured as {list(columns)}, not {self._header}")
+        for row in zip(*columns.values()):
+            self._writer.writerow(_format(v) for v in row)
+
+
 def write_measurements(labels: np.ndarray, image: np.ndarray | None, path, pixel_size=None,
                        shape_features: bool = True, channels=None,
                        image_name: str | None = None) -> None:
     """Write `measure(...)` as a CSV with a header row; empty labels give the header only."""
-    columns = measure(labels, image, pixel_size, shape_features, channels, image_name)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in zip(*columns.values()):
-            writer.writerow(_format(v) for v in row)
+    with MeasurementsWriter(path, pixel_size, shape_features, channels, image_name) as writer:
+        writer.add(Cells(labels, image=image))
 
 
 def _format(value) -> str:

@@ -12,7 +12,7 @@ from skimage.segmentation import find_boundaries
 from cellvit_cli import export
 
 
-def _iou_with_polygon(labels, label, xy_edge):
+def iou_with_polygon(labels, label, xy_edge):
     """IoU of object `label` with the polygon xy (pixel-edge x, y) rasterised at pixel centres."""
     rr, cc = polygon(xy_edge[:, 1] - 0.5, xy_edge[:, 0] - 0.5, labels.shape)
     drawn = np.zeros(labels.shape, bool)
@@ -40,7 +40,7 @@ def test_roi_zip_round_trip(nuclei, tmp_path):
     for roi in rois:
         assert roi.roitype == roifile.ROI_TYPE.POLYGON
         label = int(roi.name.removeprefix("cell_"))
-        assert _iou_with_polygon(labels, label, roi.coordinates()) >= 0.8, roi.name
+        assert iou_with_polygon(labels, label, roi.coordinates()) >= 0.8, roi.name
 
 
 def test_geojson_round_trip(nuclei, tmp_path):
@@ -62,7 +62,7 @@ def test_geojson_round_trip(nuclei, tmp_path):
         ring = np.array(feature["geometry"]["coordinates"][0])
         assert len(ring) >= 4 and np.array_equal(ring[0], ring[-1])
         assert export._signed_area(ring) > 0  # counter-clockwise in (x, y)
-        assert _iou_with_polygon(labels, props["label"], ring) >= 0.8
+        assert iou_with_polygon(labels, props["label"], ring) >= 0.8
 
 
 def test_measurements_csv(nuclei, tmp_path):
@@ -164,4 +164,38 @@ def test_outlines_exact_on_small_shapes():
     outlines = dict(export.iter_outlines(labels))
     assert sorted(outlines) == [1, 2, 3]
     for label, xy in outlines.items():
-        assert _iou_with_polygon(labels, label, xy) == 1.0
+        assert iou_with_polygon(labels, label, xy) == 1.0
+
+
+def test_cells_written_in_parts_equal_the_whole(nuclei, tmp_path):
+    """The writers take cell sets one at a time (block mode's way): the cells up to label
+    90 as they are, the others cropped to their box, numbered from 1 with label_offset
+    90: the same files as the whole labels written at once."""
+    image, labels = nuclei
+    first = np.where(labels <= 90, labels, 0)
+    rest = np.where(labels > 90, labels - 90, 0)
+    ys, xs = (np.flatnonzero(rest.any(axis=a)) for a in (1, 0))
+    box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    parts = [export.Cells(first, image=image[None]),
+             export.Cells(rest[box], (ys[0], xs[0]), 90, image[None][(slice(None), *box)])]
+    writers = {"zip": export.RoiZipWriter(tmp_path / "p.zip"),
+               "geojson": export.GeoJsonWriter(tmp_path / "p.geojson", (0.5, 0.5)),
+               "csv": export.MeasurementsWriter(tmp_path / "p.csv", (0.5, 0.5),
+                                                image_name="img.tif")}
+    for writer in writers.values():
+        with writer:
+            for cells in parts:
+                writer.add(cells)
+    export.write_roi_zip(labels, tmp_path / "w.zip")
+    export.write_geojson(labels, tmp_path / "w.geojson", (0.5, 0.5))
+    export.write_measurements(labels, image, tmp_path / "w.csv", (0.5, 0.5), image_name="img.tif")
+    assert ([r.tobytes() for r in roifile.roiread(tmp_path / "p.zip")]
+            == [r.tobytes() for r in roifile.roiread(tmp_path / "w.zip")])
+    assert (tmp_path / "p.geojson").read_text() == (tmp_path / "w.geojson").read_text()
+    parted, whole = _read_csv(tmp_path / "p.csv"), _read_csv(tmp_path / "w.csv")
+    assert [r["label"] for r in parted] == [r["label"] for r in whole]
+    for name in whole[0]:
+        if name != "image":
+            assert np.allclose([float(r[name]) for r in parted],
+                               [float(r[name]) for r in whole], rtol=0, atol=2e-6), name
+    assert all(writer.written for writer in writers.values())

@@ -85,11 +85,11 @@ def test_an_image_past_the_pixel_budget_goes_to_block_mode(tmp_path, packed_mode
     out = tmp_path / "out"
     assert _tiled_bigtiff(out / "big_labels.tif") == big_in_blocks
     assert not _tiled_bigtiff(out / "small_labels.tif")
-    assert (out / "big_overlay.png").exists() != big_in_blocks  # block mode: labels only
-    warned = [r.getMessage() for r in caplog.records if "block mode writes labels only" in
+    assert (out / "big_overlay.png").exists() != big_in_blocks  # block mode: no overlay
+    warned = [r.getMessage() for r in caplog.records if "block mode writes no overlay" in
               r.getMessage()]
-    assert warned == ([f"{tmp_path / 'in' / 'big.tif'}: block mode writes labels only; "
-                       "not written: overlay"] if big_in_blocks else [])
+    assert warned == ([f"{tmp_path / 'in' / 'big.tif'}: block mode writes no overlay or "
+                       "maps; not written: overlay"] if big_in_blocks else [])
     big = tifffile.imread(out / "big_labels.tif")
     assert big.shape == (300, 300) and big.max() > 100
     meta = read_label_metadata(out / "big_labels.tif")

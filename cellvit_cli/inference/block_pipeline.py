@@ -1,8 +1,10 @@
-"""Block mode for one file: a TIFF of any size in, its labels BigTIFF out.
+"""Block mode for one file: a TIFF of any size in, its labels BigTIFF (and exports) out.
 
 The file is read region by region (`bigtiff.open_regions`, the checks of `io.read_image`),
 turned into model input as whole-image mode would (`preprocess.RegionSource`), and
 segmented block by block (`blocks.segment_blocks`) with one zoom for the whole image.
+The ROI zip, GeoJSON and measurements CSV are built block by block from the cells each
+block owns (`BlockExports`), so no export holds the whole labels image either.
 `pipeline` sends here the images above the pixel budget.
 """
 
@@ -15,11 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cellvit_cli import export
 from cellvit_cli.bigtiff import open_regions, retype_tiled
 from cellvit_cli.inference.blocks import (check_zoom, halo_for, image_borders, plan_blocks,
                                           segment_blocks)
 from cellvit_cli.inference.tiling import Slices
-from cellvit_cli.io import LABEL_METADATA_KEY, READ_ERRORS, InputError, atomic_path
+from cellvit_cli.io import LABEL_METADATA_KEY, READ_ERRORS, InputError, atomic_path, named_errors
 from cellvit_cli.preprocess import RegionSource
 from cellvit_cli.resolution import resolution_options
 
@@ -27,25 +30,27 @@ UINT16_MAX = np.iinfo(np.uint16).max
 
 
 def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
-                        metadata=None) -> tuple[int, int, object]:
+                        metadata=None, exports: dict | None = None) -> tuple[int, int, object]:
     """Segment the TIFF at `path` block by block into labels at `out_path` (atomic).
 
     segmenter: a `segmenter.Segmenter` (its predictor, decode, zoom, model config and
-    settings.block_size / channel / progress). One zoom serves the whole image: that of
-    `estimate` (a `sizing.SizeEstimate`), else the segmenter's, estimated from crops of the
-    image when the segmenter has none. Labels are uint16 when the cells fit, else uint32,
-    with the input's pixel size and `metadata(estimate)` (a JSON-able dict) in the
-    description. Returns (cells, pixels, estimate). Raises InputError when the file cannot
-    be read or is refused as `read_image` refuses it, or the zoom shrinks it to nothing.
-    clock(stage) is an optional timing context manager.
+    settings.block_size / channel / measured_channels / progress). One zoom serves the
+    whole image: that of `estimate` (a `sizing.SizeEstimate`), else the segmenter's,
+    estimated from crops of the image when the segmenter has none. Labels are uint16 when
+    the cells fit, else uint32, with the input's pixel size and `metadata(estimate)` (a
+    JSON-able dict) in the description. exports: {name in export.BLOCK_EXPORTS: path} to write
+    as well (see `BlockExports`). Returns (cells, pixels, estimate). Raises InputError
+    when the file cannot be read or is refused as `read_image` refuses it, or the zoom
+    shrinks it to nothing. clock(stage) is an optional timing context manager.
     """
     clock = clock or _no_clock
     settings = segmenter.settings
-    with clock("read"):
-        regions = open_regions(Path(path), settings.channel)
-    try:
+    with contextlib.ExitStack() as stack:
         with clock("read"):
+            regions = open_regions(Path(path), settings.channel)
+            stack.callback(regions.close)
             source = _model_input(path, regions, segmenter)
+            writers = _block_exports(path, regions, segmenter, exports or {}, stack)
         if estimate is None:
             with clock("size"):
                 estimate = segmenter.estimate(source.shape, source.read, whole_pixels=0)
@@ -55,15 +60,43 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
         blocks = plan_blocks(source.shape, settings.block_size, halo)
         options = label_options(regions.pixel_size,
                                 None if metadata is None else metadata(estimate))
-        bar = tqdm(total=sum(map(len, blocks)), unit="block", desc=Path(path).name,
-                   leave=False, disable=None if settings.progress else True)
-        with bar:
-            n_cells = write_block_labels(out_path, source.shape, blocks,
-                                         *_block_steps(source, segmenter, clock), options,
-                                         bar.update, clock)
-    finally:
-        regions.close()
+        bar = stack.enter_context(tqdm(total=sum(map(len, blocks)), unit="block",
+                                       desc=Path(path).name, leave=False,
+                                       disable=None if settings.progress else True))
+        n_cells = write_block_labels(out_path, source.shape, blocks,
+                                     *_block_steps(source, segmenter, clock), options,
+                                     _on_block(writers, bar, clock), clock, writers)
     return n_cells, source.shape[0] * source.shape[1], estimate
+
+
+def _block_exports(path, regions, segmenter, exports: dict, stack: contextlib.ExitStack
+                   ) -> "BlockExports | None":
+    """The `BlockExports` of `exports` ({name: path}) for the file at `path`, or None when
+    none is asked. Measurements read every channel of the file (opened again when
+    `regions` holds one); InputError for a measured channel out of range."""
+    if not exports:
+        return None
+    raw, channels = None, None
+    if "measurements" in exports:
+        raw = regions if segmenter.settings.channel is None else open_regions(Path(path))
+        if raw is not regions:
+            stack.callback(raw.close)
+        with named_errors(path):
+            channels = segmenter.settings.measured_channels(raw.shape[0])
+    return BlockExports(exports, raw, regions.pixel_size, channels, Path(path).name)
+
+
+def _on_block(writers: "BlockExports | None", bar, clock) -> Callable:
+    """The on_block(cells, outer, label_offset) of `blocks.segment_blocks`: the block's
+    cells to the exports, one step of the progress bar."""
+
+    def on_block(cells: np.ndarray, outer: Slices, label_offset: int) -> None:
+        if writers is not None:
+            with clock("write"):
+                writers.add(cells, outer, label_offset)
+        bar.update()
+
+    return on_block
 
 
 def _no_clock(stage: str):
@@ -111,21 +144,96 @@ def label_options(pixel_size: tuple[float, float] | None, metadata: dict | None)
 
 
 def write_block_labels(out_path, shape: tuple[int, int], blocks, predict, decode,
-                       options: dict | None = None, on_block: Callable[[], None] | None = None,
-                       clock=None) -> int:
+                       options: dict | None = None, on_block: Callable | None = None,
+                       clock=None, exports: "BlockExports | None" = None) -> int:
     """Run `blocks.segment_blocks` into a uint32 temporary file, narrow it to uint16 if the
     cells fit, and move it to `out_path` (atomic); returns the number of cells.
-    options: tifffile write options (`label_options`)."""
+    options: tifffile write options (`label_options`); on_block: as `segment_blocks`'s.
+    `exports` (open while the blocks run, fed by `on_block`) are finished before the
+    labels; those finished are removed again when the labels cannot be written."""
     clock = clock or _no_clock
     with atomic_path(out_path) as final:
         wide = final.with_name(final.name + ".uint32.tif")
         try:
-            result = segment_blocks(shape, blocks, predict, decode, wide, options, on_block)
-            if result.n_cells <= UINT16_MAX:
-                with clock("write"):
-                    retype_tiled(wide, final, np.uint16, options)
-            else:
-                os.replace(wide, final)
+            with exports or contextlib.nullcontext():
+                result = segment_blocks(shape, blocks, predict, decode, wide, options, on_block)
+            with clock("write"):
+                _narrow(wide, final, result.n_cells, options)
+        except BaseException:
+            if exports is not None:
+                exports.remove_written()
+            raise
         finally:
             wide.unlink(missing_ok=True)
     return result.n_cells
+
+
+def _narrow(wide: Path, final: Path, n_cells: int, options: dict | None) -> None:
+    """The uint32 labels at `wide` as uint16 at `final` when `n_cells` fit, else moved."""
+    if n_cells <= UINT16_MAX:
+        retype_tiled(wide, final, np.uint16, options)
+    else:
+        os.replace(wide, final)
+
+
+class BlockExports:
+    """The ROI zip, GeoJSON and measurements CSV of one image, built block by block.
+
+    paths: {name in export.BLOCK_EXPORTS: path}; raw: the image's regions (every channel, raw
+    intensities: `bigtiff.open_regions`), needed for measurements only; pixel_size: (y, x)
+    um or None; channels: the indices of raw's channels to measure; image_name: the
+    measurements' image column. Use as a context manager around the blocks: each output is
+    written to a temporary file and renamed into place on a clean exit (`export`'s writers).
+    Memory: one block's cells and raw region at a time (plus the ROI zip's directory,
+    about half a kilobyte per cell).
+    """
+
+    def __init__(self, paths: dict, raw=None, pixel_size=None, channels=None,
+                 image_name: str | None = None):
+        unknown = set(paths) - set(export.BLOCK_EXPORTS)
+        if unknown:
+            raise ValueError(f"block mode cannot write {sorted(unknown)}")
+        makers = {"rois": lambda p: export.RoiZipWriter(p),
+                  "geojson": lambda p: export.GeoJsonWriter(p, pixel_size),
+                  "measurements": lambda p: export.MeasurementsWriter(
+                      p, pixel_size, channels=channels, image_name=image_name)}
+        self.writers = [makers[name](path) for name, path in paths.items()]
+        self.raw = raw if "measurements" in paths else None
+
+    def __enter__(self) -> "BlockExports":
+        with contextlib.ExitStack() as stack:
+            for writer in self.writers:
+                stack.enter_context(writer)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+    def add(self, cells: np.ndarray, outer: Slices, label_offset: int) -> None:
+        """Add one block's cells ((y, x) uint32 of the region `outer`, cell k is label
+        label_offset + k), cropped to their bounding box."""
+        ys, xs = _bounding_box(cells)
+        region = (slice(outer[0].start + ys.start, outer[0].start + ys.stop),
+                  slice(outer[1].start + xs.start, outer[1].start + xs.stop))
+        image = None if self.raw is None else self.raw.read(*region)
+        placed = export.Cells(cells[ys, xs], (region[0].start, region[1].start), label_offset,
+                              image)
+        for writer in self.writers:
+            writer.add(placed)
+
+    def remove_written(self) -> None:
+        """Remove the outputs already renamed into place (when the labels they go with, or
+        another export, failed)."""
+        for writer in self.writers:
+            if writer.written:
+                writer.path.unlink(missing_ok=True)
+
+
+def _bounding_box(labels: np.ndarray) -> Slices:
+    """The smallest (ys, xs) holding every nonzero pixel of `labels`; its first pixel when
+    there are none (an empty set still gives the CSV its header)."""
+    rows, cols = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
+    if rows.size == 0:
+        return slice(0, 1), slice(0, 1)
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)

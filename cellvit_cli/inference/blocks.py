@@ -7,7 +7,9 @@ is kept by the one block whose core holds its centroid, with all of its pixels (
 in the halo). Where kept cells of neighbouring blocks claim the same pixel, the block
 written first (raster order of blocks) keeps it. Kept cells get globally unique labels
 (1, 2, ... in raster order of blocks) and are streamed as (256, 256) tiles into a tiled
-BigTIFF as soon as no later block can reach their rows.
+BigTIFF as soon as no later block can reach their rows. A block's cells are final once it
+is pasted (later blocks only fill pixels still free), so each block hands them on
+(`on_block`) for exports that are built block by block.
 
 Pure of files and models: `predict` and `decode` are given; reading a file and its model
 input is `block_pipeline.segment_file_blocks`.
@@ -118,14 +120,17 @@ def segment_blocks(shape: tuple[int, int], blocks: list[list[Block]],
                    predict: Callable[[Slices], object],
                    decode: Callable[[object, Slices], np.ndarray],
                    out_path, resolution: dict | None = None,
-                   on_block: Callable[[], None] | None = None) -> BlockResult:
+                   on_block: Callable[[np.ndarray, Slices, int], None] | None = None
+                   ) -> BlockResult:
     """Segment an image block by block into a tiled uint32 BigTIFF at `out_path`.
 
     predict(outer) -> maps of the outer region (runs the network, in this thread);
     decode(maps, outer) -> (y, x) int labels of the outer region (runs in a worker thread
     while the next block is predicted). `resolution`: extra tifffile write arguments (pixel
     size, description). `out_path` is written directly: give it a temporary path and rename
-    on success. on_block() is called once per block pasted.
+    on success. on_block(cells, outer, label_offset) is called once per block pasted, with
+    the block's cells as they are in the labels written: cells (y, x) uint32 of the outer
+    region, numbered from 1 (label_offset + k is the cell's label in the image), 0 elsewhere.
     """
     result = BlockResult()
     tiles = _label_tiles(shape, blocks, predict, decode, result, on_block)
@@ -164,11 +169,12 @@ def _paste(canvas: "_Canvas", blocks, row_index: int, block: Block, future, resu
     owned = future.result()
     n = int(owned.max(initial=0))
     owned[owned > 0] += result.n_cells  # globally unique labels
-    canvas.paste(owned, block.outer)
+    pasted = canvas.paste(owned, block.outer)
+    if on_block is not None:
+        cells = np.where(pasted > result.n_cells, pasted - result.n_cells, 0).astype(LABEL_DTYPE)
+        on_block(cells, block.outer, result.n_cells)
     result.n_cells += n
     result.n_blocks += 1
-    if on_block is not None:
-        on_block()
     if block is blocks[row_index][-1]:  # a row of blocks is complete
         nxt = blocks[row_index + 1][0].outer[0].start if row_index + 1 < len(blocks) else None
         if nxt is not None:
@@ -182,7 +188,9 @@ class _Canvas:
         self.top = 0
         self.rows = np.zeros((0, width), LABEL_DTYPE)
 
-    def paste(self, owned: np.ndarray, outer: Slices) -> None:
+    def paste(self, owned: np.ndarray, outer: Slices) -> np.ndarray:
+        """Paste `owned` (labels of the region `outer`) into the free pixels; returns the
+        labels of the region as they now are (a view)."""
         bottom = outer[0].stop
         if bottom > self.top + len(self.rows):
             grown = np.zeros((bottom - self.top, self.rows.shape[1]), LABEL_DTYPE)
@@ -193,6 +201,7 @@ class _Canvas:
         target = self.rows[outer[0].start - self.top:bottom - self.top, outer[1]]
         free = (owned > 0) & (target == 0)  # the block written first keeps a shared pixel
         target[free] = owned[free]
+        return target
 
     def emit(self, stop: int, final: bool = False) -> Iterator[np.ndarray]:
         """Yield the tiles of every complete row of tiles above `stop` (all rows if final)."""

@@ -34,16 +34,18 @@ class Job:
 
     def outputs_exist(self, exports: dict[str, bool], heads=()) -> bool:
         """Whether the labels are complete (see `labels_layout`) and every export asked for
-        exists (maps: of `heads`). Labels from block mode (a tiled BigTIFF) are done without
-        exports: it makes none."""
+        exists (maps: of `heads`). Labels from block mode (a tiled BigTIFF) need only the
+        exports block mode writes (`export.BLOCK_EXPORTS`)."""
+        layout = labels_layout(self.outputs["labels"])
         wanted = []
         for name, on in exports.items():
-            if on and name == "maps":
+            if not on or (layout == "tiled" and name not in export.BLOCK_EXPORTS):
+                continue
+            if name == "maps":
                 wanted += [export.maps_path(self.outputs["maps"], head) for head in heads]
-            elif on:
+            else:
                 wanted.append(self.outputs[name])
-        layout = labels_layout(self.outputs["labels"])
-        return layout == "tiled" or (layout == "plain" and all(p.exists() for p in wanted))
+        return layout in ("tiled", "plain") and all(p.exists() for p in wanted)
 
     def changed_settings(self) -> list[str]:
         """Names of the settings in which the labels' stored fingerprint differs from this
