@@ -263,8 +263,9 @@ def _load(job: Job, segmenter: Segmenter, clock: _Clock) -> tuple[_Read, np.ndar
 
 
 def _prepared(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar, clock,
-              records: dict) -> Iterator[tuple[_Read, np.ndarray | None]]:
-    """(read, model input) per readable image, read `PREFETCH` images ahead in a thread."""
+              records: dict, tiles: "_TileTotal") -> Iterator[tuple[_Read, np.ndarray | None]]:
+    """(read, model input) per readable image, read `PREFETCH` images ahead in a thread;
+    each image's share of the `tiles` total settled as it is read."""
     with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
         queue: deque[tuple[Job, Future]] = deque(
             (job, pool.submit(_load, job, segmenter, clock)) for job in jobs[:PREFETCH])
@@ -277,9 +278,11 @@ def _prepared(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar,
             try:
                 read, x = future.result()
             except InputError as err:
+                tiles.settle(job, None)
                 _fail(report, err, records, job)
                 bar.update()
                 continue
+            tiles.settle(job, x)
             if not read.big:
                 report.pixels += read.shape[0] * read.shape[1]
             yield read, x
@@ -297,7 +300,8 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
     settings = segmenter.settings
     workers = settings.workers or max(1, min(4, (os.cpu_count() or 2) // 2))
     rerouted: list[tuple[Job, SizeEstimate]] = []
-    with _tiles_bar(segmenter), ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+    with _tiles_bar(segmenter, jobs) as tiles, \
+            ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[_Read, int, Future]] = deque()
 
         def submit(read: _Read, maps: dict, labels: np.ndarray | None = None) -> None:
@@ -309,7 +313,7 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
                 _collect(*pending.popleft(), segmenter, report, bar, records)
 
         def network_inputs() -> Iterator[tuple[_Read, np.ndarray]]:
-            for read, x in _prepared(jobs, segmenter, report, bar, clock, records):
+            for read, x in _prepared(jobs, segmenter, report, bar, clock, records, tiles):
                 if read.big:
                     rerouted.append((read.job, read.estimate))
                 elif read.ready is not None:
@@ -326,15 +330,40 @@ def _run_whole(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar
 
 
 @contextmanager
-def _tiles_bar(segmenter: Segmenter) -> Iterator[None]:
-    """A tqdm bar of the tiles the network predicts, stepped by the predictor while open."""
+def _tiles_bar(segmenter: Segmenter, jobs: list[Job]) -> Iterator["_TileTotal"]:
+    """A tqdm bar of the tiles the network predicts for `jobs`, stepped by the predictor
+    while open; its total is a `_TileTotal`'s."""
     with tqdm(unit="tile", desc="network", leave=False,
               disable=None if segmenter.settings.progress else True) as bar:
         segmenter.predictor.on_tiles = bar.update
         try:
-            yield
+            yield _TileTotal(bar, segmenter.predictor, jobs, segmenter.scale or 1.0)
         finally:
             segmenter.predictor.on_tiles = None
+
+
+class _TileTotal:
+    """The total of the tiles bar: first the tiles of each image at `zoom` (the fixed zoom,
+    or 1 with automatic size), its shape from the file's header (no pixels read; 0 when the
+    header does not tell); then, as each image is read, its real share (`settle`)."""
+
+    def __init__(self, bar, predictor, jobs: list[Job], zoom: float):
+        self.bar, self.predictor = bar, predictor
+        self.planned = {job.path: self._count(image_shape(job.path), zoom) for job in jobs}
+        bar.total = sum(self.planned.values())
+
+    def _count(self, shape: tuple[int, int] | None, zoom: float = 1.0) -> int:
+        if shape is None:
+            return 0
+        return len(self.predictor.plan(tuple(max(1, round(n * zoom)) for n in shape)))
+
+    def settle(self, job: Job, x: np.ndarray | None) -> None:
+        """`job`'s share becomes the tiles of its model input x (C, y, x), or 0 when the
+        network gets none (unreadable, segmented by the size probes, sent to block mode)."""
+        change = (0 if x is None else self._count(x.shape[1:])) - self.planned.pop(job.path, 0)
+        if change:
+            self.bar.total += change
+            self.bar.refresh()
 
 
 def _finish(read: _Read, maps: dict, labels: np.ndarray | None, segmenter: Segmenter,
@@ -398,16 +427,19 @@ def _collect(read: _Read, pixels: int, future: Future, segmenter: Segmenter,
 def _run_blocks(job: Job, segmenter: Segmenter, report: SegmentReport, clock: _Clock,
                 records: dict, estimate: SizeEstimate | None = None) -> None:
     """Segment one big image block by block into a tiled BigTIFF (at the zoom of
-    `estimate`, else one estimated from a sample of blocks)."""
-    skipped = [name for name, on in segmenter.settings.exports.items() if on]
+    `estimate`, else one estimated from a sample of blocks), with the exports block mode
+    writes (`export.BLOCK_EXPORTS`)."""
+    asked = [name for name, on in segmenter.settings.exports.items() if on]
+    skipped = [name for name in asked if name not in export.BLOCK_EXPORTS]
     if skipped:
-        log.warning("%s: block mode writes labels only; not written: %s", job.path,
+        log.warning("%s: block mode writes no overlay or maps; not written: %s", job.path,
                     ", ".join(skipped))
     started = time.perf_counter()
     try:
         cells, pixels, estimate = segment_file_blocks(
             job.path, job.outputs["labels"], segmenter, clock, estimate,
-            lambda e: _label_metadata(e, segmenter, job))
+            lambda e: _label_metadata(e, segmenter, job),
+            {name: job.outputs[name] for name in asked if name in export.BLOCK_EXPORTS})
     except (OSError, ValueError) as err:  # InputError included; this image only
         _fail(report, _image_error(job, err), records, job)
         return
