@@ -108,14 +108,17 @@ def test_exports_built_block_by_block_describe_the_written_labels(tmp_path, mosa
         [p.name for p in paths.values()] + ["m_labels.tif"])  # no temporary files
 
 
-@pytest.mark.parametrize("failing", ["decode", "labels"])
+@pytest.mark.parametrize("failing", ["decode", "narrow", "rename"])
 def test_a_failed_block_run_leaves_no_exports(tmp_path, mosaic, monkeypatch, failing):
-    """A block that cannot be decoded, or labels that cannot be written: none of the
-    exports of this run stay behind, nor any temporary file."""
+    """A block that cannot be decoded, labels that cannot be narrowed or renamed into place
+    (a folder in the way): none of the exports of this run stay behind, nor any temporary
+    file."""
     truth = mosaic[1]
     decode = _decode_mosaic(truth)
-    if failing == "labels":
+    if failing == "narrow":
         monkeypatch.setattr(block_pipeline, "_narrow", _raise_os_error)
+    elif failing == "rename":
+        (tmp_path / "m_labels.tif").mkdir()
     else:
         decode = _failing_after_first_row(decode)
     paths = {"rois": tmp_path / "m_rois.zip", "geojson": tmp_path / "m.geojson",
@@ -125,7 +128,8 @@ def test_a_failed_block_run_leaves_no_exports(tmp_path, mosaic, monkeypatch, fai
         write_block_labels(tmp_path / "m_labels.tif", truth.shape,
                            plan_blocks(truth.shape, 256, 48), lambda outer: outer, decode,
                            on_block=exports.add, exports=exports)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == (["m_labels.tif"] if failing == "rename"
+                                                     else [])
 
 
 def _raise_os_error(*_):

@@ -152,19 +152,21 @@ def write_block_labels(out_path, shape: tuple[int, int], blocks, predict, decode
     `exports` (open while the blocks run, fed by `on_block`) are finished before the
     labels; those finished are removed again when the labels cannot be written."""
     clock = clock or _no_clock
-    with atomic_path(out_path) as final:
-        wide = final.with_name(final.name + ".uint32.tif")
-        try:
-            with exports or contextlib.nullcontext():
-                result = segment_blocks(shape, blocks, predict, decode, wide, options, on_block)
-            with clock("write"):
-                _narrow(wide, final, result.n_cells, options)
-        except BaseException:
-            if exports is not None:
-                exports.remove_written()
-            raise
-        finally:
-            wide.unlink(missing_ok=True)
+    try:
+        with atomic_path(out_path) as final:
+            wide = final.with_name(final.name + ".uint32.tif")
+            try:
+                with exports or contextlib.nullcontext():
+                    result = segment_blocks(shape, blocks, predict, decode, wide, options,
+                                            on_block)
+                with clock("write"):
+                    _narrow(wide, final, result.n_cells, options)
+            finally:
+                wide.unlink(missing_ok=True)
+    except BaseException:
+        if exports is not None:
+            exports.remove_written()
+        raise
     return result.n_cells
 
 
