@@ -5,9 +5,13 @@ decodes the maps of one or more heads into instance labels. The code of each is 
 as a "module:function" `Lazy` reference, imported on its first call, so this module imports
 neither torch nor stardist nor cellpose: the CLI reads the names without them.
 
-Adding a head: its target builder (targets/), loss (training/losses.py) and decoder
-(postprocess/), one `Head` in `_HEADS` and a `Mode` in `_MODES` below; nothing else
-dispatches on head or mode names.
+Adding a head: its target builder (targets/), activation (modeling/heads.py), loss
+(training/losses.py) and decoder (postprocess/), one `Head` in `_HEADS` and a `Mode` in
+`_MODES` below. Still by name elsewhere: how a training crop gets each head's targets
+(`training.augment.crop_at`: star with a margin of context, boundary on the crop, flow
+from the per-image cache of `training.data`), the threshold fields of `settings`
+(SegmentSettings, THRESHOLD_NAMES) and the CLI's threshold options, and the round-trip
+test's minimum scores (docs/architecture.md, "Adding a head").
 """
 
 from collections.abc import Mapping

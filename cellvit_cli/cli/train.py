@@ -52,8 +52,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Model folder to write (config, weights, thresholds, model card, logs).")
 @setting_option(TrainConfig, "--variant", show_default=True,
-                help="vit_nano_p16 (tests), vit_tiny_p16 (CPU), vit_tiny_p8, vit_small_p16 "
-                     "(GPU).")
+                help="vit_nano_p16 (tests), vit_tiny_p16 (CPU), vit_tiny_p16_s2 (heads at "
+                     "stride 2, faster), vit_tiny_p8, vit_small_p16 (GPU); all in "
+                     "docs/training.md, Variants.")
 @click.option("--heads", default=",".join(default_of(TrainConfig, "heads")), show_default=True,
               callback=_heads,
               help=f"Comma list of heads to train jointly: {', '.join(HEAD_NAMES)}.")

@@ -52,12 +52,13 @@ def turn_back_rays(star: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 
 def turns_for(maps_channels: dict[str, int]) -> tuple[tuple[int, bool], ...]:
-    """The transforms whose maps can be turned back: all 8; a half turn and flips when a
-    star head's rays divide into halves but not quarters; none but the identity otherwise."""
-    rays = maps_channels.get("star", 1) - 1
-    if rays % 4 == 0:
+    """The transforms whose maps can be turned back: all 8; a half turn and flips when the
+    rays of a ray head (star) divide into halves but not quarters; else the identity."""
+    rays = [channels - len(head_spec(head).fixed_channels)
+            for head, channels in maps_channels.items() if head_spec(head).ray_channels]
+    if all(n % 4 == 0 for n in rays):
         return DIHEDRAL
-    if rays % 2 == 0:
+    if all(n % 2 == 0 for n in rays):
         return tuple(t for t in DIHEDRAL if t[0] % 2 == 0)
     return DIHEDRAL[:1]
 
