@@ -98,9 +98,13 @@ def test_block_mode_writes_a_tiled_bigtiff(inputs, tmp_path, model_dir):
         assert tif.is_bigtiff and page.is_tiled and page.dtype == np.uint16
         assert page.shape == (120, 160) and page.asarray().max() > 50
     assert read_image(out / "a_labels.tif").pixel_size == pytest.approx((0.5, 0.5))
-    # block mode writes no exports: asking for them does not make the image undone
+    # block mode writes ROIs (asking for them redoes the image), no overlay (asking for
+    # one does not make the image undone)
     result = _run(inputs / "a.tif", "-o", out, "--model", model_dir, "--block-mode", "on",
                   "--tile-size", "128", "--overlap", "32", "--roi")
+    assert "1 image(s) done, 0 skipped" in result.output and (out / "a_rois.zip").is_file()
+    result = _run(inputs / "a.tif", "-o", out, "--model", model_dir, "--block-mode", "on",
+                  "--tile-size", "128", "--overlap", "32", "--roi", "--overlay")
     assert "0 image(s) done, 1 skipped" in result.output
 
 
