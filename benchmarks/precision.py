@@ -13,17 +13,16 @@ seconds spent in the network (`Segmenter.predictor.seconds`). Issue 11's targets
         --masks ../shared/data/dsb2018/test/masks --ids ../shared/data/dsb2018/splits/test_fluo.txt
 """
 
-import argparse
 
 import numpy as np
 import tifffile
 
 from cellvit_cli import metrics
 from cellvit_cli.inference import SegmentSettings, Segmenter, segment_array
-from cellvit_cli.device import cpu_description, precision_name
+from cellvit_cli.device import precision_name
 from cellvit_cli.io import read_labels
 from cellvit_cli.modeling import load_model_folder
-from splits import add_split_arguments, split_pairs
+from splits import compare_on_split
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -81,14 +80,7 @@ def report(result: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_split_arguments(parser)
-    parser.add_argument("--model", default=None, help="model folder or name (default: shipped)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    pairs = split_pairs(args)
-    print(f"{len(pairs)} images; CPU: {cpu_description()}", flush=True)
-    print("\n".join(report(run_pairs(pairs, args.model, args.device))))
+    compare_on_split(__doc__.splitlines()[0], run_pairs, report)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,17 @@ AP@0.75 and AP@0.5:0.95 against the ground truth and the seconds spent in the ne
         --masks ../shared/data/dsb2018/train/masks --ids ../shared/data/dsb2018/splits/fluo_val.txt
 """
 
-import argparse
 import time
 
 import numpy as np
 import tifffile
 
 from cellvit_cli import metrics
-from cellvit_cli.device import cpu_description
 from cellvit_cli.inference import SegmentSettings, Segmenter, segment_array
 from cellvit_cli.io import read_labels
 from cellvit_cli.modeling import load_model_folder
 from precision import pooled
-from splits import add_split_arguments, split_pairs
+from splits import compare_on_split
 
 RUNS = {"plain": False, "tta": True}
 
@@ -64,14 +62,7 @@ def report(result: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_split_arguments(parser)
-    parser.add_argument("--model", default=None, help="model folder or name (default: shipped)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    pairs = split_pairs(args)
-    print(f"{len(pairs)} images; CPU: {cpu_description()}", flush=True)
-    print("\n".join(report(run_pairs(pairs, args.model, args.device))))
+    compare_on_split(__doc__.splitlines()[0], run_pairs, report)
 
 
 if __name__ == "__main__":
