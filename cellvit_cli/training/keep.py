@@ -1,8 +1,9 @@
 """A training run kept in the repository, to be continued on another machine with `--resume`.
 
-`keep_run` copies a run folder's small files and a compact `checkpoint.pt`: weights and
-buffers in float16, the optimizer's moments in bfloat16 (Adam's second moments go far
-below float16's range), integers as they are: about half the size. `--resume` loads it as
+`keep_run` copies a run folder's small files, its best `weights.pt` in float16 (as the
+shipped models keep theirs) and a compact `checkpoint.pt`: weights and buffers in
+float16, the optimizer's moments in bfloat16 (Adam's second moments go far below
+float16's range), integers as they are: about half the size. `--resume` loads it as
 is: `load_state_dict` casts the weights back into the float32 model and torch's optimizer
 casts its state to the parameters' dtype.
 """
@@ -13,10 +14,10 @@ from pathlib import Path
 import torch
 
 from cellvit_cli.io import atomic_path
-from cellvit_cli.modeling.folder import read_state
+from cellvit_cli.modeling.folder import WEIGHTS_FILE, read_state
 from cellvit_cli.training.loop import CHECKPOINT_FILE, LOG_FILE
 
-KEPT_FILES = ("config.json", "weights.pt", "thresholds.json", "README.md", "train_config.json",
+KEPT_FILES = ("config.json", "thresholds.json", "README.md", "train_config.json",
               "train_summary.json", LOG_FILE, "training_curves.png")
 
 
@@ -47,7 +48,9 @@ def keep_run(run_dir: str | Path, dest: str | Path) -> Path:
         if (run_dir / name).is_file():
             with atomic_path(dest / name) as tmp:
                 shutil.copyfile(run_dir / name, tmp)
-    payload = compact_checkpoint(read_state(run_dir / CHECKPOINT_FILE))
-    with atomic_path(dest / CHECKPOINT_FILE) as tmp:
-        torch.save(payload, tmp)
+    compacted = {WEIGHTS_FILE: _cast(read_state(run_dir / WEIGHTS_FILE), torch.float16),
+                 CHECKPOINT_FILE: compact_checkpoint(read_state(run_dir / CHECKPOINT_FILE))}
+    for name, payload in compacted.items():
+        with atomic_path(dest / name) as tmp:
+            torch.save(payload, tmp)
     return dest
