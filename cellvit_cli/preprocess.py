@@ -117,17 +117,18 @@ class RegionSource:
     `percentiles` (low, high), 1 - value if `inverted`, zoom by `scale`.
 
     regions: has `shape` (C, Y, X) and `read(ys, xs) -> (C, y, x)` (e.g.
-    `bigtiff.CheckedRegions`); the bounds pass reads every pixel once.
+    `bigtiff.CheckedRegions`); the bounds pass reads every pixel once, unless `bounds`
+    (low, high: the `low`, `high` of a RegionSource of the same image) are given.
     """
 
     BAND_ROWS = 1024
 
     def __init__(self, regions, in_channels: int, scale: float = 1.0,
-                 percentiles=PERCENTILES, inverted: bool = False):
+                 percentiles=PERCENTILES, inverted: bool = False, bounds=None):
         self.regions, self.in_channels = regions, in_channels
         self.scale, self.inverted = scale, inverted
         self.shape = tuple(regions.shape[1:])
-        self.low, self.high = percentile_bounds(self._sample(), percentiles)
+        self.low, self.high = bounds or percentile_bounds(self._sample(), percentiles)
 
     def _sample(self) -> np.ndarray:
         """The `sample_step` subsample (C, y, x) float32 of the whole image."""

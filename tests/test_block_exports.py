@@ -16,7 +16,7 @@ from cellvit_cli import export
 from cellvit_cli.bigtiff import ArrayRegions
 from cellvit_cli.inference import block_pipeline
 from cellvit_cli.inference.block_pipeline import BlockExports, write_block_labels
-from cellvit_cli.inference.blocks import plan_blocks
+from cellvit_cli.inference.blocks import owned_blocks, plan_blocks
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths
 from cellvit_cli.resolution import resolution_options
 from cellvit_cli.samples import load_nuclei_sample, make_mosaic
@@ -98,9 +98,10 @@ def test_exports_built_block_by_block_describe_the_written_labels(tmp_path, mosa
     exports = BlockExports(paths, ArrayRegions(raw), PIXEL_SIZE, [0, 1], "m.tif")
     rows = plan_blocks(truth.shape, 256, 48)
     steps = []
-    n = write_block_labels(out / "m_labels.tif", truth.shape, rows, lambda outer: outer,
-                           _decode_mosaic(truth), on_block=lambda *cells: (
-                               steps.append(cells[2]), exports.add(*cells)), exports=exports)
+    owned = owned_blocks(rows, lambda outer: outer, _decode_mosaic(truth))
+    n = write_block_labels(out / "m_labels.tif", truth.shape, rows, owned,
+                           on_block=lambda *cells: (steps.append(cells[2]), exports.add(*cells)),
+                           exports=exports)
     labels = tifffile.imread(out / "m_labels.tif").astype(np.int32)
     assert len(steps) == 9 and n == len(np.unique(labels)) - 1 > 150
     assert_exports_describe(labels, raw, out, "m", [0, 1], tmp_path)
@@ -124,9 +125,10 @@ def test_a_failed_block_run_leaves_no_exports(tmp_path, mosaic, monkeypatch, fai
     paths = {"rois": tmp_path / "m_rois.zip", "geojson": tmp_path / "m.geojson",
              "measurements": tmp_path / "m_cells.csv"}
     exports = BlockExports(paths, ArrayRegions(mosaic[0][None]), None, [0], "m.tif")
+    rows = plan_blocks(truth.shape, 256, 48)
     with pytest.raises((OSError, ValueError)):
-        write_block_labels(tmp_path / "m_labels.tif", truth.shape,
-                           plan_blocks(truth.shape, 256, 48), lambda outer: outer, decode,
+        write_block_labels(tmp_path / "m_labels.tif", truth.shape, rows,
+                           owned_blocks(rows, lambda outer: outer, decode),
                            on_block=exports.add, exports=exports)
     assert [p.name for p in tmp_path.iterdir()] == (["m_labels.tif"] if failing == "rename"
                                                      else [])

@@ -7,8 +7,8 @@ import tifffile
 from cellvit_cli.bigtiff import (ArrayRegions, CheckedRegions, TiffRegionReader, retype_tiled,
                                  write_tiled)
 from cellvit_cli.inference import block_pipeline
-from cellvit_cli.inference.blocks import (Block, check_zoom, halo_for, keep_owned, plan_blocks,
-                                          segment_blocks)
+from cellvit_cli.inference.blocks import (Block, check_zoom, halo_for, keep_owned, owned_blocks,
+                                          plan_blocks, segment_blocks)
 from cellvit_cli.inference.predictor import Predictor
 from cellvit_cli.io import InputError, read_image
 from cellvit_cli.metrics import label_overlap, match
@@ -249,7 +249,8 @@ def test_wide_labels_stay_uint32(tmp_path, monkeypatch):
         return labels
 
     out = tmp_path / "labels.tif"
-    n = block_pipeline.write_block_labels(out, shape, rows, lambda outer: outer, decode_dots)
+    n = block_pipeline.write_block_labels(out, shape, rows,
+                                          owned_blocks(rows, lambda outer: outer, decode_dots))
     assert tifffile.imread(out).dtype == np.uint32 and n > 1
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 

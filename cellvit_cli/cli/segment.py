@@ -151,6 +151,9 @@ def _segment(inputs, out_dir, settings, cluster):
                 show_default=True,
                 help="Segment big images block by block into a tiled BigTIFF (auto: images "
                      "above 3072 x 3072 px).")
+@setting_option(SegmentSettings, "--block-size", type=int, show_default=True,
+                help="Block mode's block size (px, >= 256); with --cluster, the unit of work "
+                     "of a huge image's tasks.")
 @setting_option(SegmentSettings, "--overwrite", is_flag=True,
                 help="Redo images whose outputs exist (default: skip).")
 @setting_option(SegmentSettings, "--roi", is_flag=True,

@@ -2,7 +2,7 @@
 
 The file is read region by region (`bigtiff.open_regions`, the checks of `io.read_image`),
 turned into model input as whole-image mode would (`preprocess.RegionSource`), and
-segmented block by block (`blocks.segment_blocks`) with one zoom for the whole image.
+segmented block by block (`blocks.owned_blocks`, `blocks.assemble_blocks`) with one zoom for the whole image.
 The ROI zip, GeoJSON and measurements CSV are built block by block from the cells each
 block owns (`BlockExports`), so no export holds the whole labels image either.
 `pipeline` sends here the images above the pixel budget.
@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from cellvit_cli import export
 from cellvit_cli.bigtiff import open_regions, retype_tiled
-from cellvit_cli.inference.blocks import (check_zoom, halo_for, image_borders, plan_blocks,
-                                          segment_blocks)
+from cellvit_cli.inference.blocks import (Block, assemble_blocks, check_zoom, halo_for,
+                                          image_borders, owned_blocks, plan_blocks)
 from cellvit_cli.inference.tiling import Slices
 from cellvit_cli.io import LABEL_METADATA_KEY, READ_ERRORS, InputError, atomic_path, named_errors
 from cellvit_cli.preprocess import RegionSource
@@ -49,28 +49,45 @@ def segment_file_blocks(path, out_path, segmenter, clock=None, estimate=None,
         with clock("read"):
             regions = open_regions(Path(path), settings.channel)
             stack.callback(regions.close)
-            source = _model_input(path, regions, segmenter)
-            writers = _block_exports(path, regions, segmenter, exports or {}, stack)
-        if estimate is None:
-            with clock("size"):
-                estimate = segmenter.estimate(source.shape, source.read, whole_pixels=0)
-        check_zoom(path, source.shape, estimate.zoom)
+            source = model_input(path, regions, segmenter)
+            writers = block_exports(path, regions, settings, exports or {}, stack)
+        with clock("size"):
+            estimate = block_zoom(path, source, segmenter, estimate)
         source.scale = estimate.zoom
-        halo = halo_for(segmenter.loaded.config.median_diameter, estimate.zoom)
-        blocks = plan_blocks(source.shape, settings.block_size, halo)
+        blocks = plan_image_blocks(source.shape, segmenter, estimate.zoom)
         options = label_options(regions.pixel_size,
                                 None if metadata is None else metadata(estimate))
-        bar = stack.enter_context(tqdm(total=sum(map(len, blocks)), unit="block",
-                                       desc=Path(path).name, leave=False,
-                                       disable=None if settings.progress else True))
-        n_cells = write_block_labels(out_path, source.shape, blocks,
-                                     *_block_steps(source, segmenter, clock), options,
-                                     _on_block(writers, bar, clock), clock, writers)
+        bar = stack.enter_context(block_bar(blocks, path, settings.progress))
+        owned = owned_blocks(blocks, *block_steps(source, segmenter, clock))
+        n_cells = write_block_labels(out_path, source.shape, blocks, owned, options,
+                                     on_block_done(writers, bar, clock), clock, writers)
     return n_cells, source.shape[0] * source.shape[1], estimate
 
 
-def _block_exports(path, regions, segmenter, exports: dict, stack: contextlib.ExitStack
-                   ) -> "BlockExports | None":
+def block_zoom(path, source: RegionSource, segmenter, estimate=None):
+    """`estimate`, else the `SizeEstimate` of the whole image of `source` (estimated from
+    crops of it when the segmenter has no fixed zoom); InputError when its zoom shrinks the
+    image to nothing."""
+    if estimate is None:
+        estimate = segmenter.estimate(source.shape, source.read, whole_pixels=0)
+    check_zoom(path, source.shape, estimate.zoom)
+    return estimate
+
+
+def plan_image_blocks(shape: tuple[int, int], segmenter, zoom: float) -> list[list[Block]]:
+    """The blocks of an image of `shape` (Y, X) segmented at `zoom` (settings.block_size,
+    a halo for the model's cells)."""
+    halo = halo_for(segmenter.loaded.config.median_diameter, zoom)
+    return plan_blocks(shape, segmenter.settings.block_size, halo)
+
+
+def block_bar(blocks: list[list[Block]], path, progress: bool):
+    return tqdm(total=sum(map(len, blocks)), unit="block", desc=Path(path).name, leave=False,
+                disable=None if progress else True)
+
+
+def block_exports(path, regions, settings, exports: dict, stack: contextlib.ExitStack
+                  ) -> "BlockExports | None":
     """The `BlockExports` of `exports` ({name: path}) for the file at `path`, or None when
     none is asked. Measurements read every channel of the file (opened again when
     `regions` holds one); InputError for a measured channel out of range."""
@@ -78,16 +95,16 @@ def _block_exports(path, regions, segmenter, exports: dict, stack: contextlib.Ex
         return None
     raw, channels = None, None
     if "measurements" in exports:
-        raw = regions if segmenter.settings.channel is None else open_regions(Path(path))
+        raw = regions if settings.channel is None else open_regions(Path(path))
         if raw is not regions:
             stack.callback(raw.close)
         with named_errors(path):
-            channels = segmenter.settings.measured_channels(raw.shape[0])
+            channels = settings.measured_channels(raw.shape[0])
     return BlockExports(exports, raw, regions.pixel_size, channels, Path(path).name)
 
 
-def _on_block(writers: "BlockExports | None", bar, clock) -> Callable:
-    """The on_block(cells, outer, label_offset) of `blocks.segment_blocks`: the block's
+def on_block_done(writers: "BlockExports | None", bar, clock) -> Callable:
+    """The on_block(cells, outer, label_offset) of `blocks.assemble_blocks`: the block's
     cells to the exports, one step of the progress bar."""
 
     def on_block(cells: np.ndarray, outer: Slices, label_offset: int) -> None:
@@ -103,23 +120,27 @@ def _no_clock(stage: str):
     return contextlib.nullcontext()
 
 
-def _model_input(path, regions, segmenter) -> RegionSource:
+def model_input(path, regions, segmenter, bounds=None) -> RegionSource:
     """The model input of `regions` as the segmenter's settings ask. The percentile pass
-    reads every pixel once: InputError naming `path` when that fails."""
+    reads every pixel once unless `bounds` (those of an earlier pass) are given: InputError
+    naming `path` when that fails."""
     settings = segmenter.settings
     try:
-        segmenter.warn_averaged(regions.shape[0], path)
+        if bounds is None:
+            segmenter.warn_averaged(regions.shape[0], path)
         return RegionSource(regions, segmenter.loaded.config.in_channels,
-                            percentiles=segmenter.percentiles, inverted=settings.invert)
+                            percentiles=segmenter.percentiles, inverted=settings.invert,
+                            bounds=bounds)
     except InputError:
         raise
     except READ_ERRORS as err:
         raise InputError(path, f"cannot read TIFF: {err}") from err
 
 
-def _block_steps(source: RegionSource, segmenter, clock) -> tuple[Callable, Callable]:
+def block_steps(source: RegionSource, segmenter, clock=None) -> tuple[Callable, Callable]:
     """(predict(outer) -> maps, decode(maps, outer) -> labels at the input's size) of the
-    blocks of `source`, for `blocks.segment_blocks`."""
+    blocks of `source`, for `blocks.owned_blocks`."""
+    clock = clock or _no_clock
 
     def predict(outer: Slices) -> dict:
         with clock("read"):
@@ -143,22 +164,22 @@ def label_options(pixel_size: tuple[float, float] | None, metadata: dict | None)
     return options
 
 
-def write_block_labels(out_path, shape: tuple[int, int], blocks, predict, decode,
+def write_block_labels(out_path, shape: tuple[int, int], blocks, owned,
                        options: dict | None = None, on_block: Callable | None = None,
                        clock=None, exports: "BlockExports | None" = None) -> int:
-    """Run `blocks.segment_blocks` into a uint32 temporary file, narrow it to uint16 if the
-    cells fit, and move it to `out_path` (atomic); returns the number of cells.
-    options: tifffile write options (`label_options`); on_block: as `segment_blocks`'s.
-    `exports` (open while the blocks run, fed by `on_block`) are finished before the
-    labels; those finished are removed again when the labels cannot be written."""
+    """Paste `owned` (each block's cells: `blocks.assemble_blocks`) into a uint32 temporary
+    file, narrow it to uint16 if the cells fit, and move it to `out_path` (atomic); returns
+    the number of cells. options: tifffile write options (`label_options`); on_block: as
+    `assemble_blocks`'s. `exports` (open while the blocks run, fed by `on_block`) are
+    finished before the labels; those finished are removed again when the labels cannot
+    be written."""
     clock = clock or _no_clock
     try:
         with atomic_path(out_path) as final:
             wide = final.with_name(final.name + ".uint32.tif")
             try:
                 with exports or contextlib.nullcontext():
-                    result = segment_blocks(shape, blocks, predict, decode, wide, options,
-                                            on_block)
+                    result = assemble_blocks(shape, blocks, owned, wide, options, on_block)
                 with clock("write"):
                     _narrow(wide, final, result.n_cells, options)
             finally:

@@ -16,8 +16,9 @@ input is `block_pipeline.segment_file_blocks`.
 """
 
 import math
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -108,6 +109,35 @@ def keep_owned(labels: np.ndarray, block: Block) -> np.ndarray:
     return lookup[labels]
 
 
+@dataclass(frozen=True)
+class PackedCells:
+    """A block's owned cells (`keep_owned`) in a few bytes, to send between processes: the
+    bounding box of its cells in its outer region (`shape`), their labels there as uint16
+    (uint32 past 65,535 cells), zlib-compressed."""
+
+    shape: tuple[int, int]
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1
+    dtype: str
+    data: bytes
+
+    @classmethod
+    def pack(cls, owned: np.ndarray) -> "PackedCells":
+        rows, cols = np.flatnonzero(owned.any(axis=1)), np.flatnonzero(owned.any(axis=0))
+        box = (0, 0, 0, 0) if rows.size == 0 else (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+        dtype = np.uint16 if owned.max(initial=0) <= np.iinfo(np.uint16).max else LABEL_DTYPE
+        crop = np.ascontiguousarray(owned[box[0]:box[1], box[2]:box[3]], dtype)
+        return cls(tuple(owned.shape), tuple(map(int, box)), np.dtype(dtype).str,
+                   zlib.compress(crop.tobytes(), 1))
+
+    def unpack(self) -> np.ndarray:
+        """The owned cells, (y, x) uint32 of the outer region."""
+        y0, y1, x0, x1 = self.box
+        owned = np.zeros(self.shape, LABEL_DTYPE)
+        crop = np.frombuffer(zlib.decompress(self.data), self.dtype)
+        owned[y0:y1, x0:x1] = crop.reshape(y1 - y0, x1 - x0)
+        return owned
+
+
 @dataclass
 class BlockResult:
     """What `segment_blocks` found: the number of cells and of blocks."""
@@ -122,23 +152,34 @@ def segment_blocks(shape: tuple[int, int], blocks: list[list[Block]],
                    out_path, resolution: dict | None = None,
                    on_block: Callable[[np.ndarray, Slices, int], None] | None = None
                    ) -> BlockResult:
-    """Segment an image block by block into a tiled uint32 BigTIFF at `out_path`.
+    """Segment an image block by block into a tiled uint32 BigTIFF at `out_path`:
+    `assemble_blocks` of `owned_blocks(blocks, predict, decode)`."""
+    return assemble_blocks(shape, blocks, owned_blocks(blocks, predict, decode), out_path,
+                           resolution, on_block)
+
+
+def owned_blocks(blocks: list[list[Block]], predict: Callable[[Slices], object],
+                 decode: Callable[[object, Slices], np.ndarray]) -> Iterator[np.ndarray]:
+    """The cells each block owns (`owned_cells`), block after block in raster order.
 
     predict(outer) -> maps of the outer region (runs the network, in this thread);
     decode(maps, outer) -> (y, x) int labels of the outer region (runs in a worker thread
-    while the next block is predicted). `resolution`: extra tifffile write arguments (pixel
-    size, description). `out_path` is written directly: give it a temporary path and rename
-    on success. on_block(cells, outer, label_offset) is called once per block pasted, with
-    the block's cells as they are in the labels written: cells (y, x) uint32 of the outer
-    region, numbered from 1 (label_offset + k is the cell's label in the image), 0 elsewhere.
-    """
-    result = BlockResult()
-    tiles = _label_tiles(shape, blocks, predict, decode, result, on_block)
-    write_tiled(out_path, shape, LABEL_DTYPE, tiles, TILE, resolution)
-    return result
+    while the next block is predicted)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="decode-block") as pool:
+        pending: deque = deque()
+        for row in blocks:
+            for block in row:
+                maps = predict(block.outer)
+                pending.append(pool.submit(owned_cells, decode, maps, block))
+                del maps
+                if len(pending) > 1:
+                    yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
-def _owned_labels(decode, maps, block: Block) -> np.ndarray:
+def owned_cells(decode, maps, block: Block) -> np.ndarray:
+    """`keep_owned` of decode(maps, block.outer): (y, x) uint32 of the outer region."""
     labels = decode(maps, block.outer)
     expected = tuple(s.stop - s.start for s in block.outer)
     if labels.shape != expected:
@@ -146,39 +187,47 @@ def _owned_labels(decode, maps, block: Block) -> np.ndarray:
     return keep_owned(labels, block)
 
 
-def _label_tiles(shape, blocks, predict, decode, result: BlockResult,
+def assemble_blocks(shape: tuple[int, int], blocks: list[list[Block]],
+                    owned: Iterable[np.ndarray], out_path, resolution: dict | None = None,
+                    on_block: Callable[[np.ndarray, Slices, int], None] | None = None
+                    ) -> BlockResult:
+    """Paste each block's owned cells into a tiled uint32 BigTIFF at `out_path`.
+
+    owned: per block in raster order, its cells as `keep_owned` gives them ((y, x) uint32
+    of its outer region, 1..n). `resolution`: extra tifffile write arguments (pixel size,
+    description). `out_path` is written directly: give it a temporary path and rename on
+    success. on_block(cells, outer, label_offset) is called once per block pasted, with
+    the block's cells as they are in the labels written: cells (y, x) uint32 of the outer
+    region, numbered from 1 (label_offset + k is the cell's label in the image), 0 elsewhere.
+    """
+    result = BlockResult()
+    tiles = _label_tiles(shape, blocks, iter(owned), result, on_block)
+    write_tiled(out_path, shape, LABEL_DTYPE, tiles, TILE, resolution)
+    return result
+
+
+def _label_tiles(shape, blocks, owned: Iterator[np.ndarray], result: BlockResult,
                  on_block) -> Iterator[np.ndarray]:
     """Tiles of the labels image, row-major, produced block row by block row."""
     canvas = _Canvas(shape[1])
-    with ThreadPoolExecutor(1, thread_name_prefix="decode-block") as pool:
-        pending: deque = deque()
-        for row_index, row in enumerate(blocks):
-            for block in row:
-                maps = predict(block.outer)
-                pending.append((row_index, block, pool.submit(_owned_labels, decode, maps, block)))
-                del maps
-                if len(pending) > 1:
-                    yield from _paste(canvas, blocks, *pending.popleft(), result, on_block)
-        while pending:
-            yield from _paste(canvas, blocks, *pending.popleft(), result, on_block)
+    for row_index, row in enumerate(blocks):
+        for block in row:
+            _paste(canvas, block, next(owned), result, on_block)
+        if row_index + 1 < len(blocks):  # no later block reaches above the next row's halo
+            yield from canvas.emit(blocks[row_index + 1][0].outer[0].start)
     yield from canvas.emit(shape[0], final=True)
 
 
-def _paste(canvas: "_Canvas", blocks, row_index: int, block: Block, future, result: BlockResult,
-           on_block) -> Iterator[np.ndarray]:
-    owned = future.result()
+def _paste(canvas: "_Canvas", block: Block, owned: np.ndarray, result: BlockResult,
+           on_block) -> None:
     n = int(owned.max(initial=0))
-    owned[owned > 0] += result.n_cells  # globally unique labels
-    pasted = canvas.paste(owned, block.outer)
+    owned = np.where(owned > 0, owned + np.uint32(result.n_cells), 0).astype(LABEL_DTYPE)
+    pasted = canvas.paste(owned, block.outer)  # globally unique labels
     if on_block is not None:
         cells = np.where(pasted > result.n_cells, pasted - result.n_cells, 0).astype(LABEL_DTYPE)
         on_block(cells, block.outer, result.n_cells)
     result.n_cells += n
     result.n_blocks += 1
-    if block is blocks[row_index][-1]:  # a row of blocks is complete
-        nxt = blocks[row_index + 1][0].outer[0].start if row_index + 1 < len(blocks) else None
-        if nxt is not None:
-            yield from canvas.emit(nxt)
 
 
 class _Canvas:

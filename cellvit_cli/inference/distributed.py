@@ -8,16 +8,13 @@ outputs atomically to the shared output folder, and returns a small report and i
 lines. Only paths, settings and these small results cross the network, never images.
 Tasks are idempotent, so dask can rerun those of a worker that died.
 
-Huge single images are segmented by the one worker that gets them (block mode within
-that worker); splitting one image's blocks over many workers is not done yet.
+An image that goes to block mode by its size (the shape in its header, at the fixed zoom)
+is segmented with its blocks spread over the workers instead (`distributed_blocks`).
 """
 
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,9 +23,13 @@ from tqdm.auto import tqdm
 from cellvit_cli.cluster import open_client, parse_cluster
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs, prepare_folders
-from cellvit_cli.inference.pipeline import SegmentReport, finish_report, record_of, run_jobs
-from cellvit_cli.inference.segmenter import SegmentSettings, Segmenter, check_thresholds
-from cellvit_cli.io import InputError
+from cellvit_cli.inference.distributed_blocks import segment_image_blocks
+from cellvit_cli.inference.pipeline import (SegmentReport, block_mode_exports, finish_report,
+                                            log_done, record_of, run_jobs)
+from cellvit_cli.inference.segmenter import (SegmentSettings, Segmenter, check_thresholds,
+                                             fixed_zoom, uses_blocks)
+from cellvit_cli.inference.worker_cache import LOCK, cached_segmenter, captured_logs
+from cellvit_cli.io import InputError, image_shape
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,13 @@ def segment_paths_distributed(inputs, out_dir, settings: SegmentSettings | None,
     report = SegmentReport(skipped=len(jobs) - len(todo))
     records = {job.path: record_of(job, out_dir, "skipped") for job in jobs}
     if todo:
+        whole, huge = _split_by_size(todo, settings, spec)
         with tqdm(total=len(jobs), initial=report.skipped, unit="image", desc="segment",
                   disable=None if settings.progress else True) as bar:
-            _run_tasks(client, todo, settings, spec, report, records, bar)
+            _run_tasks(client, whole, settings, spec, report, records, bar)
+            for job in huge:
+                _run_blocks(client, job, settings, spec, report, records)
+                bar.update()
         prepare_folders(out_dir, todo)  # temporary files of tasks whose worker died
     return finish_report(report, out_dir, jobs, records, settings, start)
 
@@ -91,6 +96,45 @@ def model_heads(settings: SegmentSettings, model=None) -> tuple[str, ...]:
                          f"{folder} has {', '.join(config.heads)}")
     check_thresholds(settings.threshold_overrides, mode)
     return tuple(config.heads) if settings.save_maps else heads
+
+
+def _split_by_size(jobs: list[Job], settings: SegmentSettings, model
+                   ) -> tuple[list[Job], list[Job]]:
+    """(jobs of one task each, jobs whose blocks are spread over the workers): those that
+    go to block mode by the shape in their header at the fixed zoom. An image that only its
+    estimated zoom takes past the pixel budget is done in block mode by the one worker of
+    its task."""
+    from cellvit_cli.modeling.folder import read_config, resolve_model
+
+    if settings.block_mode == "off":
+        return jobs, []
+    median = read_config(resolve_model(model if model is not None else settings.model)
+                         ).median_diameter
+    zoom = fixed_zoom(settings, median)
+    whole, huge = [], []
+    for job in jobs:
+        shape = image_shape(job.path)
+        (huge if shape is not None and uses_blocks(settings, shape, zoom) else whole).append(job)
+    return whole, huge
+
+
+def _run_blocks(client, job: Job, settings: SegmentSettings, model, report: SegmentReport,
+                records: dict) -> None:
+    """Segment one huge image with its blocks spread over the workers
+    (`distributed_blocks.segment_image_blocks`); a failure is this image's only."""
+    started = time.perf_counter()
+    try:
+        cells, pixels, plan = segment_image_blocks(client, job, settings, model,
+                                                   block_mode_exports(job, settings))
+    except (OSError, ValueError) as err:  # InputError included
+        error = err if isinstance(err, InputError) else InputError(job.path, str(err))
+        _task_failed(report, records, job, error, prefix="")
+        return
+    report.cells += cells
+    report.pixels += pixels
+    report.done += 1
+    log_done(records[job.path], job, plan.estimate, cells, time.perf_counter() - started,
+             plan.mode)
 
 
 def _run_tasks(client, jobs: list[Job], settings: SegmentSettings, model,
@@ -128,8 +172,9 @@ def _merge(report: SegmentReport, records: dict, job: Job, part: SegmentReport,
     records[job.path] = part.images[0]
 
 
-def _task_failed(report: SegmentReport, records: dict, job: Job, err: Exception) -> None:
-    error = InputError(job.path, f"task failed: {type(err).__name__}: {err}")
+def _task_failed(report: SegmentReport, records: dict, job: Job, err: Exception,
+                 prefix: str = "task failed: ") -> None:
+    error = err if not prefix else InputError(job.path, f"{prefix}{type(err).__name__}: {err}")
     report.failed.append(str(error))
     log.error("%s", error)
     records[job.path].status, records[job.path].note = "failed", str(error)
@@ -137,18 +182,14 @@ def _task_failed(report: SegmentReport, records: dict, job: Job, err: Exception)
 
 # --- on the workers -------------------------------------------------------------------
 
-_LOCK = threading.Lock()  # one image at a time per process: the engine has its own threads
-_SEGMENTERS: dict[tuple[str, str], Segmenter] = {}  # the last model loaded in this process
-
-
 def segment_job(job: Job, record, settings: SegmentSettings, model=None
                 ) -> tuple[SegmentReport, list[tuple[int, str]]]:
     """Segment one image on a worker: (its report, with `record` filled in as its only
     image; the (level, message) lines logged meanwhile). Writes the job's outputs (atomic,
     so a rerun after a lost worker leaves the same files); per-image errors are in the
     report, as in `segment_paths`."""
-    with _LOCK, _captured_logs() as lines:
-        segmenter = _cached_segmenter(settings, model)
+    with LOCK, captured_logs() as lines:
+        segmenter = cached_segmenter(settings, model)
         report, records = SegmentReport(), {job.path: record}
         network = _network_seconds(segmenter)
         start = time.perf_counter()
@@ -160,43 +201,5 @@ def segment_job(job: Job, record, settings: SegmentSettings, model=None
     return report, lines
 
 
-def _cached_segmenter(settings: SegmentSettings, model) -> Segmenter:
-    """The Segmenter of (settings, model), loaded once per process and kept for the next
-    tasks (only the last one: a new model or settings replace it)."""
-    key = (str(model), repr(settings))
-    if key not in _SEGMENTERS:
-        _SEGMENTERS.clear()
-        _SEGMENTERS[key] = Segmenter.from_settings(settings, model)
-    return _SEGMENTERS[key]
-
-
 def _network_seconds(segmenter: Segmenter) -> float:
     return segmenter.predictor.seconds + segmenter.probe_predictor.seconds
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self, lines: list):
-        super().__init__(logging.INFO)
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((record.levelno, record.getMessage()))
-
-
-@contextmanager
-def _captured_logs() -> Iterator[list[tuple[int, str]]]:
-    """The (level, message) lines that cellvit_cli logs (INFO and up) meanwhile, kept from
-    the worker's own stderr: the client logs them."""
-    logger = logging.getLogger("cellvit_cli")
-    lines: list[tuple[int, str]] = []
-    handler = _ListHandler(lines)
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate

@@ -191,15 +191,19 @@ def _image_error(job: Job, err: Exception) -> InputError:
 
 def _done(job: Job, estimate: SizeEstimate, cells: int, seconds: float, segmenter: Segmenter,
           records: dict) -> None:
+    log_done(records[job.path], job, estimate, cells, seconds, segmenter.mode)
+
+
+def log_done(record: ImageRecord, job: Job, estimate: SizeEstimate, cells: int,
+             seconds: float, mode: str) -> None:
     """Log one line for a finished image and fill its record."""
     log.info("%s: %s, %d cells, %.1f s", job.path.name, estimate.describe(), cells, seconds)
-    record = records[job.path]
     record.status, record.cells, record.seconds = "done", cells, seconds
     record.diameter_px = "" if estimate.diameter is None else float(estimate.diameter)
-    record.zoom, record.mode, record.note = float(estimate.zoom), segmenter.mode, estimate.note or ""
+    record.zoom, record.mode, record.note = float(estimate.zoom), mode, estimate.note or ""
 
 
-def _label_metadata(estimate: SizeEstimate, segmenter: Segmenter, job: Job) -> dict:
+def label_metadata(estimate: SizeEstimate, segmenter: Segmenter, job: Job) -> dict:
     """What the labels TIFF records about how it was made (settings: `Job.fingerprint`)."""
     return {"model": str(segmenter.loaded.path.name), "mode": segmenter.mode,
             "settings": job.fingerprint,
@@ -402,7 +406,7 @@ def _write_outputs(read: _Read, maps: dict, labels: np.ndarray, segmenter: Segme
             if on:
                 made = writers[name](outputs[name])
                 written += [outputs[name]] if made is None else made
-        write_labels(outputs["labels"], labels, size, _label_metadata(read.estimate, segmenter,
+        write_labels(outputs["labels"], labels, size, label_metadata(read.estimate, segmenter,
                                                                     read.job))
     except BaseException:
         for path in written:
@@ -424,22 +428,27 @@ def _collect(read: _Read, pixels: int, future: Future, segmenter: Segmenter,
     bar.update()
 
 
+def block_mode_exports(job: Job, settings: SegmentSettings) -> dict:
+    """{name: path} of the exports asked for `job` that block mode writes
+    (`export.BLOCK_EXPORTS`); a warning naming those it does not."""
+    asked = [name for name, on in settings.exports.items() if on]
+    skipped = [name for name in asked if name not in export.BLOCK_EXPORTS]
+    if skipped:
+        log.warning("%s: block mode writes no overlay or maps; not written: %s", job.path,
+                    ", ".join(skipped))
+    return {name: job.outputs[name] for name in asked if name in export.BLOCK_EXPORTS}
+
+
 def _run_blocks(job: Job, segmenter: Segmenter, report: SegmentReport, clock: _Clock,
                 records: dict, estimate: SizeEstimate | None = None) -> None:
     """Segment one big image block by block into a tiled BigTIFF (at the zoom of
     `estimate`, else one estimated from a sample of blocks), with the exports block mode
     writes (`export.BLOCK_EXPORTS`)."""
-    asked = [name for name, on in segmenter.settings.exports.items() if on]
-    skipped = [name for name in asked if name not in export.BLOCK_EXPORTS]
-    if skipped:
-        log.warning("%s: block mode writes no overlay or maps; not written: %s", job.path,
-                    ", ".join(skipped))
     started = time.perf_counter()
     try:
         cells, pixels, estimate = segment_file_blocks(
             job.path, job.outputs["labels"], segmenter, clock, estimate,
-            lambda e: _label_metadata(e, segmenter, job),
-            {name: job.outputs[name] for name in asked if name in export.BLOCK_EXPORTS})
+            lambda e: label_metadata(e, segmenter, job), block_mode_exports(job, segmenter.settings))
     except (OSError, ValueError) as err:  # InputError included; this image only
         _fail(report, _image_error(job, err), records, job)
         return

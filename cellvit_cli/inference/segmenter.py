@@ -15,8 +15,8 @@ from cellvit_cli.preprocess import (averages_channels, prepare, rescale, resize_
                                     select_channel)
 from cellvit_cli.settings import AUTO, BLOCK_MODES, SegmentSettings, check_thresholds
 
-__all__ = ["BLOCK_MODES", "SegmentSettings", "Segmenter", "check_thresholds", "segment_array",
-           "segment_array_with_size"]
+__all__ = ["BLOCK_MODES", "SegmentSettings", "Segmenter", "check_thresholds", "fixed_zoom",
+           "segment_array", "segment_array_with_size", "uses_blocks"]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,7 @@ class Segmenter:
                        precision=resolve_precision(settings.precision, self.device))
         self.predictor = Predictor(network, **options)
         self.probe_predictor = Predictor(network, **options)  # size probes, in another thread
-        if settings.scale is not None:
-            self.scale: float | None = float(settings.scale)
-        elif settings.diameter != AUTO:
-            self.scale = config.median_diameter / settings.diameter
-        else:
-            self.scale = None
+        self.scale = fixed_zoom(settings, config.median_diameter)
 
     @classmethod
     def from_settings(cls, settings: SegmentSettings, model=None) -> "Segmenter":
@@ -130,11 +125,24 @@ class Segmenter:
     def uses_blocks(self, shape: tuple[int, int], zoom: float | None = None) -> bool:
         """Whether an image of `shape` goes through block mode (at `zoom`, else the fixed
         zoom, else 1)."""
-        mode = self.settings.block_mode
-        if mode != "auto":
-            return mode == "on"
-        zoom = zoom if zoom is not None else (self.scale or 1.0)
-        return shape[0] * shape[1] * zoom ** 2 > self.settings.pixel_budget
+        return uses_blocks(self.settings, shape, zoom if zoom is not None else self.scale)
+
+
+def uses_blocks(settings: SegmentSettings, shape: tuple[int, int], zoom: float | None) -> bool:
+    """Whether an image of `shape` (Y, X) at `zoom` (None: 1) goes through block mode."""
+    if settings.block_mode != "auto":
+        return settings.block_mode == "on"
+    return shape[0] * shape[1] * (zoom or 1.0) ** 2 > settings.pixel_budget
+
+
+def fixed_zoom(settings: SegmentSettings, median_diameter: float) -> float | None:
+    """The zoom of `settings` for a model of `median_diameter` px: --scale, else from
+    --diameter, else None (estimated per image)."""
+    if settings.scale is not None:
+        return float(settings.scale)
+    if settings.diameter != AUTO:
+        return median_diameter / settings.diameter
+    return None
 
 
 def segment_array(image: np.ndarray, model=None, settings: SegmentSettings | None = None

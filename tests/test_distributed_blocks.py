@@ -1,0 +1,201 @@
+"""One huge image with its blocks spread over a LocalCluster of 2 worker processes
+(`distributed_blocks`): the same labels and exports as single-process block mode, a worker
+killed mid-run, a failing block named by its position, and the client's packed results."""
+
+import os
+import signal
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+distributed = pytest.importorskip("distributed")
+
+from cellvit_cli.cli import main  # noqa: E402
+from cellvit_cli.inference.blocks import PackedCells  # noqa: E402
+from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa: E402
+from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
+from cellvit_cli.samples import load_nuclei_sample, make_mosaic  # noqa: E402
+
+# The shipped model at zoom 1 on a 1024 x 1536 mosaic of the real nuclei sample: 6 blocks.
+OPTIONS = dict(diameter=17.0, block_size=512, pixel_budget=1024 * 1024, progress=False)
+EXPORTS = ("m_labels.tif", "m.geojson", "m_cells.csv")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder with the mosaic m.tif (block mode by its size), one small image and a
+    corrupt TIFF."""
+    image, labels = load_nuclei_sample()
+    folder = tmp_path_factory.mktemp("in")
+    tifffile.imwrite(folder / "m.tif", make_mosaic(image, labels, (1024, 1536), seed=3)[0])
+    tifffile.imwrite(folder / "small.tif", image[:256, :256])
+    (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return SegmentSettings(roi=True, geojson=True, measure=True, **OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def reference(images, settings, tmp_path_factory):
+    """The single-process run's output folder."""
+    out = tmp_path_factory.mktemp("single")
+    report = segment_paths([images], out, settings)
+    assert report.done == 2 and len(report.failed) == 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def _rois(folder: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(folder / "m_rois.zip") as z:  # entries' times differ, not their bytes
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def _same_outputs(folder: Path, reference: Path) -> None:
+    for name in EXPORTS + ("small_labels.tif",):
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+    assert _rois(folder) == _rois(reference)
+
+
+def test_blocks_on_workers_give_the_labels_and_exports_of_one_process(
+        client, images, settings, reference, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cellvit_cli")
+    report = segment_paths_distributed([images], tmp_path, settings, client)
+    assert (report.done, len(report.failed)) == (2, 1) and "broken.tif" in report.failed[0]
+    _same_outputs(tmp_path, reference)
+    labels = tifffile.imread(tmp_path / "m_labels.tif")
+    assert len(np.unique(labels)) - 1 == labels.max() > 300  # numbered 1..n across blocks
+    assert any("m.tif: diameter" in line and "cells" in line for line in caplog.messages)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+    mtime = (tmp_path / "m_labels.tif").stat().st_mtime_ns
+    again = segment_paths_distributed([images], tmp_path, settings, client)
+    assert (again.done, again.skipped) == (0, 2)
+    assert (tmp_path / "m_labels.tif").stat().st_mtime_ns == mtime
+
+
+def test_auto_size_is_estimated_once_for_all_blocks(client, images, tmp_path):
+    """With the size estimated, the plan task measures it once and every block uses it:
+    the labels are those of single-process block mode at that zoom."""
+    auto = SegmentSettings(**{**OPTIONS, "diameter": "auto"}, pattern="m.tif")
+    single = segment_paths([images], tmp_path / "single", auto)
+    report = segment_paths_distributed([images], tmp_path / "dask", auto, client)
+    assert report.images[0].zoom == single.images[0].zoom
+    assert ((tmp_path / "dask/m_labels.tif").read_bytes()
+            == (tmp_path / "single/m_labels.tif").read_bytes())
+
+
+class KillOnce(distributed.WorkerPlugin):
+    """Kills its worker process (SIGKILL) as the first block task starts executing
+    anywhere (a marker file says it happened): dask must rerun that block elsewhere."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and str(key).startswith("cellvit-block"):
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _by_value():
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack this module
+
+
+def test_a_worker_killed_mid_image_changes_nothing(client, images, reference, tmp_path):
+    _by_value()
+    marker = tmp_path / "killed"
+    client.register_plugin(KillOnce(str(marker)), name="kill-once")
+    try:
+        report = segment_paths_distributed([images], tmp_path / "out",
+                                           SegmentSettings(pattern="m.tif", **OPTIONS), client)
+    finally:
+        client.unregister_worker_plugin("kill-once")
+    assert marker.exists() and report.done == 1 and not report.failed
+    assert ((tmp_path / "out/m_labels.tif").read_bytes()
+            == (reference / "m_labels.tif").read_bytes())
+    client.wait_for_workers(2, timeout=60)
+
+
+def _fail_second_block_row():
+    """On a worker: block tasks whose core starts at row 512 raise."""
+    from cellvit_cli.inference import distributed_blocks
+
+    original = distributed_blocks.owned_cells
+
+    def failing(decode, maps, block):
+        if block.core[0].start == 512:
+            raise RuntimeError("out of luck")
+        return original(decode, maps, block)
+
+    distributed_blocks.owned_cells = failing
+
+
+def _restore():
+    from cellvit_cli.inference import blocks, distributed_blocks
+
+    distributed_blocks.owned_cells = blocks.owned_cells
+
+
+def test_a_failing_block_is_named_and_the_run_exits_non_zero(client, images, reference,
+                                                             tmp_path):
+    _by_value()
+    client.run(_fail_second_block_row)
+    try:
+        result = CliRunner().invoke(main, [
+            "segment", str(images), "-o", str(tmp_path), "--roi", "--geojson",
+            "--cluster", client.scheduler.address, "--diameter", "17", "--block-mode", "on",
+            "--block-size", "512"])
+    finally:
+        client.run(_restore)
+    assert result.exit_code == 1, result.output
+    assert "1 image(s) done, 0 skipped, 2 failed" in result.output
+    assert ("m.tif: block (row 1, column 0; rows 512:1024, columns 0:512) failed: "
+            "RuntimeError: out of luck") in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "small.geojson", "small_labels.tif", "small_rois.zip", "summary.csv"]
+
+
+def test_packed_cells_round_trip_real_labels():
+    _, labels = load_nuclei_sample()
+    owned = labels.astype(np.uint32)
+    packed = PackedCells.pack(owned)
+    assert np.array_equal(packed.unpack(), owned) and packed.dtype == "<u2"
+    assert len(packed.data) < owned.nbytes / 20  # what crosses the network per block
+    wide = owned * 1000
+    assert np.array_equal(PackedCells.pack(wide).unpack(), wide)
+    empty = np.zeros((7, 9), np.uint32)
+    assert np.array_equal(PackedCells.pack(empty).unpack(), empty)
+
+
+@pytest.mark.slow
+def test_a_4096_mosaic_on_workers_equals_block_mode(client, tmp_path):
+    """The issue's proof: a 4096 x 4096 mosaic of real nuclei, blocks of 1024."""
+    image, labels = load_nuclei_sample()
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in/big.tif", make_mosaic(image, labels, (4096, 4096))[0])
+    settings = SegmentSettings(diameter=17.0, block_mode="on", block_size=1024, progress=False)
+    single = segment_paths([tmp_path / "in"], tmp_path / "single", settings)
+    report = segment_paths_distributed([tmp_path / "in"], tmp_path / "dask", settings, client)
+    assert report.cells == single.cells > 4000
+    assert ((tmp_path / "dask/big_labels.tif").read_bytes()
+            == (tmp_path / "single/big_labels.tif").read_bytes())
