@@ -16,9 +16,10 @@ import numpy as np
 import tifffile
 
 from cellvit_cli.io import (READ_ERRORS, InputError, alpha_samples, check_pixel_type,
-                            check_pixels, named_errors, read_image)
+                            check_pixels, is_zarr, named_errors, read_image)
 from cellvit_cli.preprocess import select_channel
 from cellvit_cli.resolution import tiff_pixel_size
+from cellvit_cli.zarr_io import ZarrRegionReader
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +184,10 @@ def open_regions(path: str | os.PathLike, channel: int | None = None
                  ) -> CheckedRegions | ArrayRegions:
     """The regions of the TIFF at `path` (channel `channel` if given), checked as
     `io.read_image` checks it; read whole by `read_image` when its layout cannot be read
-    region by region. InputError naming `path` when it cannot be read or is refused."""
+    region by region. A zarr folder is read region by region (`zarr_io`). InputError
+    naming `path` when it cannot be read or is refused."""
     try:
-        reader = TiffRegionReader(path)
+        reader = ZarrRegionReader(path) if is_zarr(path) else TiffRegionReader(path)
     except UnsupportedLayout as err:
         log.warning("%s; reading it whole", err)
         image = read_image(path, channel)

@@ -40,8 +40,9 @@ OUTPUT_SUFFIXES = {
     "overlay": "_overlay.png",
     "measurements": "_cells.csv",
     "maps": "_maps.tif",  # write_maps turns it into _maps_<head>.tif
+    "zarr": "_labels.ome.zarr",  # a folder: the labels again, as OME-Zarr (`zarr_io`)
 }
-BLOCK_EXPORTS = ("rois", "geojson", "measurements")  # built cell set by cell set: block mode too
+BLOCK_EXPORTS = ("rois", "geojson", "measurements", "zarr")  # block mode writes these too
 SHAPE_PROPERTIES = ("eccentricity", "solidity", "perimeter", "axis_major_length",
                     "axis_minor_length", "orientation", "equivalent_diameter_area")
 SHAPE_NAMES = {"equivalent_diameter_area": "equivalent_diameter"}  # regionprops -> ours

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from cellvit_cli.preprocess import select_channel
 from cellvit_cli.resolution import resolution_options, tiff_pixel_size
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIX = ".zarr"  # a folder: an OME-Zarr image or a zarr array (`zarr_io`)
 PNG_SUFFIXES, JPEG_SUFFIXES = (".png",), (".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + JPEG_SUFFIXES  # what read_image reads
 LABEL_SUFFIXES = TIFF_SUFFIXES + PNG_SUFFIXES + (".npy",)  # read_labels; .npy: Cellpose _seg
@@ -64,26 +66,51 @@ class Image:
     pixel_size: tuple[float, float] | None
 
 
+def is_zarr(path) -> bool:
+    """Whether `path` names a zarr folder (by its name: *.zarr)."""
+    return Path(path).suffix.lower() == ZARR_SUFFIX
+
+
 def read_image(path, channel: int | None = None) -> Image:
     """Read a 2D TIFF, grey or multi-channel, as (C, Y, X); `channel` keeps one (0-based).
 
-    PNG and JPEG files (found by their content, not their name) are read too, without a
+    A zarr folder (an OME-Zarr image or a zarr array: `zarr_io`) is read too. PNG and JPEG files (found by their content, not their name) are read too, without a
     pixel size. Alpha samples (RGBA, grey + alpha) are dropped. Raises InputError for a
     missing, unreadable, corrupt or empty file, NaN/inf pixels, non-numeric data, 3D stacks
     and time series, and an out-of-range `channel`.
     """
     path = Path(path)
+    if is_zarr(path):
+        image = _read_zarr(path)
+    else:
+        image = _read_file(path)
+    if channel is not None:
+        with named_errors(path):
+            image.data = select_channel(image.data, channel)
+    check_pixels(path, image.data)
+    return image
+
+
+def _read_file(path: Path) -> Image:
+    """A TIFF, PNG or JPEG file as read, unchecked."""
     _check_file(path)
     if formats.file_format(path) == "tiff":
         image = _read_tiff(path)
     else:
         with named_errors(path):
             image = Image(path, *formats.read_png_jpeg(path), None)
-    if channel is not None:
-        with named_errors(path):
-            image.data = select_channel(image.data, channel)
-    check_pixels(path, image.data)
     return image
+
+
+def _read_zarr(path: Path) -> Image:
+    """The image of a zarr folder (`zarr_io.ZarrRegionReader`), read whole, unchecked."""
+    from cellvit_cli.zarr_io import ZarrRegionReader
+
+    reader = ZarrRegionReader(path)
+    check_pixel_type(path, reader.dtype)
+    with named_errors(path):
+        data = reader.read(slice(0, reader.shape[1]), slice(0, reader.shape[2]))
+    return Image(path, data, "CYX", reader.pixel_size)
 
 
 def _read_tiff(path: Path) -> Image:
@@ -124,7 +151,15 @@ def named_errors(path) -> Iterator[None]:
 
 def image_shape(path) -> tuple[int, int] | None:
     """(Y, X) of the image of a TIFF from its header, without reading pixels; None when
-    the file cannot be read that way (`read_image` then says why)."""
+    the file cannot be read that way (`read_image` then says why). A zarr folder: its
+    image's (Y, X)."""
+    if is_zarr(path):
+        from cellvit_cli.zarr_io import ZarrRegionReader
+
+        try:
+            return ZarrRegionReader(path).shape[1:]
+        except InputError:
+            return None
     tiff_log = logging.getLogger("tifffile")
     level = tiff_log.level
     tiff_log.setLevel(logging.CRITICAL)  # a broken file is reported once, when read
@@ -259,6 +294,15 @@ def atomic_path(path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def remove_output(path) -> None:
+    """Remove an output file, or an output folder (OME-Zarr) with what it holds, if there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def temp_target(path) -> Path | None:

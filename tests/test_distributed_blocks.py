@@ -20,6 +20,7 @@ from cellvit_cli.inference.blocks import PackedCells  # noqa: E402
 from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa: E402
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
 from cellvit_cli.samples import load_nuclei_sample, make_mosaic  # noqa: E402
+from test_zarr_io import zarr_labels  # noqa: E402
 
 # The shipped model at zoom 1 on a 1024 x 1536 mosaic of the real nuclei sample: 6 blocks.
 OPTIONS = dict(diameter=17.0, block_size=512, pixel_budget=1024 * 1024, progress=False)
@@ -40,7 +41,7 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings():
-    return SegmentSettings(roi=True, geojson=True, measure=True, **OPTIONS)
+    return SegmentSettings(roi=True, geojson=True, measure=True, zarr=True, **OPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,8 @@ def _same_outputs(folder: Path, reference: Path) -> None:
     for name in EXPORTS + ("small_labels.tif",):
         assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
     assert _rois(folder) == _rois(reference)
+    assert np.array_equal(zarr_labels(folder / "m_labels.ome.zarr"),
+                          zarr_labels(reference / "m_labels.ome.zarr"))
 
 
 def test_blocks_on_workers_give_the_labels_and_exports_of_one_process(

@@ -166,6 +166,9 @@ def _segment(inputs, out_dir, settings, cluster):
                 help="Also write <stem>_cells.csv (per-cell measures).")
 @setting_option(SegmentSettings, "--save-maps", is_flag=True,
                 help="Also write the dense maps, one TIFF per head.")
+@setting_option(SegmentSettings, "--zarr", is_flag=True,
+                help="Also write the labels as OME-Zarr, <stem>_labels.ome.zarr (chunked; "
+                     "napari opens it).")
 @click.option("--cluster", default=None, metavar="local:N|ADDRESS|FILE", callback=_check_cluster,
               help="Segment on a dask cluster, one task per image: local:N (N worker processes "
                    "here), a scheduler address (tcp://HOST:PORT) or a scheduler file (*.json). "

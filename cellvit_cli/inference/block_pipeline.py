@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 
 from cellvit_cli import export
 from cellvit_cli.bigtiff import open_regions, retype_tiled
-from cellvit_cli.inference.blocks import (Block, assemble_blocks, check_zoom, halo_for,
-                                          image_borders, owned_blocks, plan_blocks)
+from cellvit_cli.inference.blocks import (LABEL_DTYPE, Block, assemble_blocks, check_zoom,
+                                          halo_for, image_borders, owned_blocks, plan_blocks)
 from cellvit_cli.inference.tiling import Slices
-from cellvit_cli.io import LABEL_METADATA_KEY, READ_ERRORS, InputError, atomic_path, named_errors
+from cellvit_cli.io import (LABEL_METADATA_KEY, READ_ERRORS, InputError, atomic_path,
+                            named_errors, remove_output)
 from cellvit_cli.preprocess import RegionSource
 from cellvit_cli.resolution import resolution_options
+from cellvit_cli.zarr_io import ZarrLabels
 
 UINT16_MAX = np.iinfo(np.uint16).max
 
@@ -100,7 +102,8 @@ def block_exports(path, regions, settings, exports: dict, stack: contextlib.Exit
             stack.callback(raw.close)
         with named_errors(path):
             channels = settings.measured_channels(raw.shape[0])
-    return BlockExports(exports, raw, regions.pixel_size, channels, Path(path).name)
+    return BlockExports(exports, raw, regions.pixel_size, channels, Path(path).name,
+                        regions.shape[1:])
 
 
 def on_block_done(writers: "BlockExports | None", bar, clock) -> Callable:
@@ -179,7 +182,8 @@ def write_block_labels(out_path, shape: tuple[int, int], blocks, owned,
             wide = final.with_name(final.name + ".uint32.tif")
             try:
                 with exports or contextlib.nullcontext():
-                    result = assemble_blocks(shape, blocks, owned, wide, options, on_block)
+                    result = assemble_blocks(shape, blocks, owned, wide, options, on_block,
+                                             exports.tile_sink if exports else None)
                 with clock("write"):
                     _narrow(wide, final, result.n_cells, options)
             finally:
@@ -200,19 +204,22 @@ def _narrow(wide: Path, final: Path, n_cells: int, options: dict | None) -> None
 
 
 class BlockExports:
-    """The ROI zip, GeoJSON and measurements CSV of one image, built block by block.
+    """The ROI zip, GeoJSON, measurements CSV and OME-Zarr labels of one image, built block
+    by block.
 
     paths: {name in export.BLOCK_EXPORTS: path}; raw: the image's regions (every channel, raw
     intensities: `bigtiff.open_regions`), needed for measurements only; pixel_size: (y, x)
     um or None; channels: the indices of raw's channels to measure; image_name: the
-    measurements' image column. Use as a context manager around the blocks: each output is
-    written to a temporary file and renamed into place on a clean exit (`export`'s writers).
-    Memory: one block's cells and raw region at a time (plus the ROI zip's directory,
-    about half a kilobyte per cell).
+    measurements' image column; shape: the image's (Y, X), needed for the zarr only. Use as
+    a context manager around the blocks: each output is written to a temporary file (or
+    folder) and renamed into place on a clean exit (`export`'s writers, `zarr_io.ZarrLabels`).
+    The cell exports are fed by `add`, the zarr by `tile_sink` (the labels' tiles as they
+    are written). Memory: one block's cells and raw region at a time (plus the ROI zip's
+    directory, about half a kilobyte per cell).
     """
 
     def __init__(self, paths: dict, raw=None, pixel_size=None, channels=None,
-                 image_name: str | None = None):
+                 image_name: str | None = None, shape: tuple[int, int] | None = None):
         unknown = set(paths) - set(export.BLOCK_EXPORTS)
         if unknown:
             raise ValueError(f"block mode cannot write {sorted(unknown)}")
@@ -220,12 +227,19 @@ class BlockExports:
                   "geojson": lambda p: export.GeoJsonWriter(p, pixel_size),
                   "measurements": lambda p: export.MeasurementsWriter(
                       p, pixel_size, channels=channels, image_name=image_name)}
-        self.writers = [makers[name](path) for name, path in paths.items()]
+        self.writers = [makers[name](path) for name, path in paths.items() if name != "zarr"]
+        self.zarr = (ZarrLabels(paths["zarr"], shape, LABEL_DTYPE, pixel_size)
+                     if "zarr" in paths else None)
         self.raw = raw if "measurements" in paths else None
+
+    @property
+    def tile_sink(self) -> Callable[[int, int, np.ndarray], None] | None:
+        """sink(y, x, tile) writing the labels' tiles into the zarr, or None without one."""
+        return None if self.zarr is None else self.zarr.write
 
     def __enter__(self) -> "BlockExports":
         with contextlib.ExitStack() as stack:
-            for writer in self.writers:
+            for writer in [*self.writers, *([self.zarr] if self.zarr is not None else [])]:
                 stack.enter_context(writer)
             self._stack = stack.pop_all()
         return self
@@ -248,9 +262,9 @@ class BlockExports:
     def remove_written(self) -> None:
         """Remove the outputs already renamed into place (when the labels they go with, or
         another export, failed)."""
-        for writer in self.writers:
+        for writer in [*self.writers, *([self.zarr] if self.zarr is not None else [])]:
             if writer.written:
-                writer.path.unlink(missing_ok=True)
+                remove_output(writer.path)
 
 
 def _bounding_box(labels: np.ndarray) -> Slices:

@@ -189,7 +189,8 @@ def owned_cells(decode, maps, block: Block) -> np.ndarray:
 
 def assemble_blocks(shape: tuple[int, int], blocks: list[list[Block]],
                     owned: Iterable[np.ndarray], out_path, resolution: dict | None = None,
-                    on_block: Callable[[np.ndarray, Slices, int], None] | None = None
+                    on_block: Callable[[np.ndarray, Slices, int], None] | None = None,
+                    tile_sink: Callable[[int, int, np.ndarray], None] | None = None
                     ) -> BlockResult:
     """Paste each block's owned cells into a tiled uint32 BigTIFF at `out_path`.
 
@@ -199,11 +200,23 @@ def assemble_blocks(shape: tuple[int, int], blocks: list[list[Block]],
     success. on_block(cells, outer, label_offset) is called once per block pasted, with
     the block's cells as they are in the labels written: cells (y, x) uint32 of the outer
     region, numbered from 1 (label_offset + k is the cell's label in the image), 0 elsewhere.
+    tile_sink(y, x, tile) gets each (<= 256, <= 256) tile of the labels as it is written.
     """
     result = BlockResult()
     tiles = _label_tiles(shape, blocks, iter(owned), result, on_block)
+    if tile_sink is not None:
+        tiles = _teed(tiles, shape[1], tile_sink)
     write_tiled(out_path, shape, LABEL_DTYPE, tiles, TILE, resolution)
     return result
+
+
+def _teed(tiles: Iterator[np.ndarray], width: int, sink) -> Iterator[np.ndarray]:
+    """`tiles` (row-major, TILE apart, `width` px wide), each given to sink(y, x, tile) too."""
+    per_row = math.ceil(width / TILE)
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, per_row)
+        sink(row * TILE, column * TILE, tile)
+        yield tile
 
 
 def _label_tiles(shape, blocks, owned: Iterator[np.ndarray], result: BlockResult,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # SegmentSettings fields that do not change the labels (model: its files are hashed instead)
 _IGNORED = {"model", "batch_size", "device", "overwrite", "roi", "geojson", "overlay",
-            "measure", "save_maps", "recursive", "pattern", "workers", "progress"}
+            "measure", "save_maps", "zarr", "recursive", "pattern", "workers", "progress"}
 _MODEL_FILES = ("config.json", "thresholds.json")
 _WEIGHTS = "weights.pt"
 

@@ -11,8 +11,8 @@ import tifffile
 
 from cellvit_cli import export
 from cellvit_cli.inference.fingerprint import changed_settings
-from cellvit_cli.io import (READ_ERRORS, TIFF_SUFFIXES, make_folder, read_label_metadata,
-                            temp_target)
+from cellvit_cli.io import (READ_ERRORS, TIFF_SUFFIXES, ZARR_SUFFIX, is_zarr, make_folder,
+                            read_label_metadata, remove_output, temp_target)
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
                 exclude: Path | None = None) -> list[tuple[Path, PurePath]]:
     """(file, output name) for each input image, output names relative to the output folder.
 
-    inputs: files (taken as given), folders (their *.tif/*.tiff, or files matching `pattern`;
-    subfolders too if `recursive`; hidden files skipped) and globs (`**` matches any depth,
-    with or without `recursive`). Sub-folders are mirrored in the output names: relative to
+    inputs: files (taken as given), folders (their *.tif/*.tiff files and *.zarr folders, or
+    those matching `pattern`; subfolders too if `recursive`; hidden files skipped) and globs
+    (`**` matches any depth, with or without `recursive`). Sub-folders are mirrored in the output names: relative to
     the folder, or to a glob's fixed part (before its first wildcard). Our own outputs in
     `exclude` (the output folder) are never taken from folders or globs. Raises ValueError
     when a path is missing, nothing is found, or two inputs would write the same outputs.
@@ -117,9 +117,9 @@ def find_inputs(inputs, recursive: bool = False, pattern: str | None = None,
 def _pick(item: Path, recursive: bool, pattern: str | None, exclude: Path | None
           ) -> list[tuple[Path, PurePath]]:
     """(file, name relative to the output folder) of one input: a folder, file or glob."""
-    if item.is_dir():
+    if item.is_dir() and not is_zarr(item):
         files = item.rglob("*") if recursive else item.iterdir()
-        return [(f, f.relative_to(item)) for f in sorted(files) if f.is_file()
+        return [(f, f.relative_to(item)) for f in sorted(files) if _an_image(f, item)
                 and not _hidden(f.relative_to(item)) and _wanted(f, pattern, exclude)]
     if item.exists():
         return [(item, PurePath(item.name))]
@@ -128,7 +128,7 @@ def _pick(item: Path, recursive: bool, pattern: str | None, exclude: Path | None
     root = glob_root(str(item))
     matches = sorted(Path(m) for m in glob.glob(str(item), recursive="**" in str(item)))
     picked = [(f, f.relative_to(root)) for f in matches
-              if f.is_file() and _wanted(f, pattern, exclude, check_suffix=False)]
+              if _an_image(f, root) and _wanted(f, pattern, exclude, check_suffix=False)]
     if not picked:
         raise ValueError(f"{item}: no files match")
     return picked
@@ -141,12 +141,21 @@ def glob_root(pattern: str) -> Path:
     return Path(*parts[:fixed]) if fixed else Path(".")
 
 
+def _an_image(path: Path, root: Path) -> bool:
+    """Whether `path`, found under `root`, can be an input: a file, or a zarr folder (but
+    nothing inside one)."""
+    inside = path.relative_to(root).parts[:-1]
+    if any(is_zarr(part) for part in inside):
+        return False
+    return path.is_file() or (is_zarr(path) and path.is_dir())
+
+
 def _wanted(path: Path, pattern: str | None, exclude: Path | None, check_suffix=True) -> bool:
     if exclude is not None and _is_output(path, exclude):
         return False
     if pattern is not None:
         return fnmatch.fnmatch(path.name, pattern)
-    return not check_suffix or path.suffix.lower() in TIFF_SUFFIXES
+    return not check_suffix or path.suffix.lower() in (*TIFF_SUFFIXES, ZARR_SUFFIX)
 
 
 def _hidden(relative: PurePath) -> bool:
@@ -165,7 +174,7 @@ def _is_output(path: Path, out_dir: Path) -> bool:
 
 
 def _stem(name: str) -> str:
-    """img.tif -> img, img.ome.tiff -> img."""
+    """img.tif -> img, img.ome.tiff -> img, img.ome.zarr -> img."""
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return stem[:-4] if stem.lower().endswith(".ome") else stem
 
@@ -196,7 +205,7 @@ def prepare_folders(out_dir: Path, jobs: list[Job]) -> None:
         make_folder(folder)
         for path in folder.glob(".*.tmp-*"):
             if _is_planned(temp_target(path), planned):
-                path.unlink(missing_ok=True)
+                remove_output(path)
 
 
 def _is_planned(target: Path | None, planned: set[Path]) -> bool:

@@ -34,9 +34,10 @@ from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segme
 from cellvit_cli.inference.sizing import SizeEstimate
 from cellvit_cli.inference.summary import (CELLS_FILE, ImageRecord, write_cells_table,
                                            write_summary)
-from cellvit_cli.io import (InputError, image_shape, named_errors, read_image, temp_target,
-                            write_labels)
+from cellvit_cli.io import (InputError, image_shape, named_errors, read_image, remove_output,
+                            temp_target, write_labels)
 from cellvit_cli.preprocess import rescale, resize_labels, select_channel
+from cellvit_cli.zarr_io import write_zarr_labels
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +400,7 @@ def _write_outputs(read: _Read, maps: dict, labels: np.ndarray, segmenter: Segme
         "measurements": lambda path: export.write_measurements(
             labels, read.data, path, size, channels=measured, image_name=read.job.path.name),
         "maps": lambda path: export.write_maps(maps, path),
+        "zarr": lambda path: write_zarr_labels(path, labels, size),
     }
     written: list[Path] = []
     try:
@@ -410,7 +412,7 @@ def _write_outputs(read: _Read, maps: dict, labels: np.ndarray, segmenter: Segme
                                                                     read.job))
     except BaseException:
         for path in written:
-            path.unlink(missing_ok=True)
+            remove_output(path)
         raise
 
 
