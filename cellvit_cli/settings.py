@@ -86,6 +86,7 @@ class SegmentSettings:
     overlay: bool = False
     measure: bool = False
     save_maps: bool = False
+    zarr: bool = False
     recursive: bool = False
     pattern: str | None = None
     workers: int | None = None
@@ -154,7 +155,7 @@ class SegmentSettings:
     def exports(self) -> dict[str, bool]:
         """{output name in `export.OUTPUT_SUFFIXES`: asked for} of the optional outputs."""
         return {"rois": self.roi, "geojson": self.geojson, "overlay": self.overlay,
-                "measurements": self.measure, "maps": self.save_maps}
+                "measurements": self.measure, "maps": self.save_maps, "zarr": self.zarr}
 
 
 def check_percentiles(percentiles) -> tuple[float, float]:
