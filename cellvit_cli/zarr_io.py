@@ -22,7 +22,7 @@ from cellvit_cli.io import READ_ERRORS, InputError, is_zarr
 
 CHUNK = 256
 NGFF_VERSION = "0.4"
-INSTALL_HINT = "pip install zarr"
+INSTALL_HINT = "pip install 'cellvit-cli[zarr]'"
 
 __all__ = ["ZarrLabels", "ZarrRegionReader", "is_zarr", "write_zarr_labels"]
 
