@@ -254,7 +254,11 @@ AUGMENTATIONS = {  # `cellvit train --augment NAME`
 @dataclass
 class TrainConfig:
     """How `cellvit train` trains: the model (every head by default), the schedule,
-    validation, device and seed."""
+    validation, device, precision and seed.
+
+    precision: autocast of the training steps (weights, optimizer and losses stay fp32):
+    'auto' (mixed precision on CUDA, bf16 where supported else fp16; fp32 on the CPU and
+    MPS), 'fp32' or 'bf16' (`training.loop.training_dtype`)."""
 
     variant: str = "vit_tiny_p16"
     heads: tuple[str, ...] = HEADS
@@ -270,10 +274,12 @@ class TrainConfig:
     val_every: int = 1                   # epochs between validations
     val_modes: tuple[str, ...] | None = None  # default: every mode the heads allow
     device: str = AUTO
+    precision: str = AUTO
     seed: int = 0
     time_budget: float | None = None     # minutes; the schedule then follows time, not steps
 
     def __post_init__(self) -> None:
+        self.precision = str(self.precision).strip().lower()
         _check([(len(self.heads) > 0 and set(self.heads) <= set(HEADS), "heads",
                  f"heads must be a comma list of {', '.join(HEADS)}, got "
                  f"{','.join(self.heads) or 'none'}"),
@@ -286,6 +292,8 @@ class TrainConfig:
                 (self.lr > 0, "lr", "lr must be > 0"),
                 (self.warmup_steps >= 1, "warmup_steps", "warm-up steps must be >= 1"),
                 (self.val_every >= 1, "val_every", "val every must be >= 1"),
+                (self.precision in PRECISION_CHOICES, "precision",
+                 f"precision must be one of {', '.join(PRECISION_CHOICES)}"),
                 (self.time_budget is None or self.time_budget > 0, "time_budget",
                  "time budget must be > 0 minutes")])
 

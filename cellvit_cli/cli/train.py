@@ -7,7 +7,8 @@ import click
 
 from cellvit_cli.cli.options import build, setting_option
 from cellvit_cli.registry import HEADS as HEAD_NAMES
-from cellvit_cli.settings import AUGMENTATIONS, AugmentConfig, TrainConfig, TrainRequest, default_of
+from cellvit_cli.settings import (AUGMENTATIONS, PRECISION_CHOICES, AugmentConfig, TrainConfig,
+                                  TrainRequest, default_of)
 
 
 def _heads(ctx, param, value: str) -> tuple[str, ...]:
@@ -84,13 +85,19 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
                 help="Epochs between validations.")
 @setting_option(TrainConfig, "--device", show_default=True,
                 help="auto, cpu, cuda, cuda:N or mps.")
+@setting_option(TrainConfig, "--precision", type=click.Choice(PRECISION_CHOICES),
+                show_default=True,
+                help="Autocast of the training steps (weights and optimizer stay fp32); "
+                     "auto: mixed precision on CUDA, fp32 elsewhere. bf16 on a CPU with "
+                     "AVX512-BF16 or AMX: same losses, but on 2 cores no faster (batch "
+                     "building is the limit; docs/benchmarks.md).")
 @setting_option(TrainConfig, "--seed", type=int, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where flow targets are cached (default: OUT/.target_cache).")
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/checkpoint.pt (with the settings it was trained with; "
-                   "more --epochs, a longer --time-budget, another --val-every or --device "
-                   "may change).")
+                   "more --epochs, a longer --time-budget, another --val-every, --device "
+                   "or --precision may change).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the model already in OUT (its card, scores and logs go too).")
 def train(resume, overwrite, crop_size, augmentation, **options):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellvit_cli.device import autocast, resolve_device
+from cellvit_cli.device import precision_autocast, resolve_device, resolve_precision
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
 from cellvit_cli.modeling.folder import read_state
@@ -24,8 +24,8 @@ from cellvit_cli.training.losses import total_loss
 from cellvit_cli.training.validate import validation_maps, validation_scores
 
 CHECKPOINT_FILE, LOG_FILE = "checkpoint.pt", "train_log.csv"
-# what a --resume may change: run longer, validate less often, on another device
-RESUMABLE_CHANGES = ("epochs", "time_budget", "val_every", "val_modes", "device")
+# what a --resume may change: run longer, validate less often, on another device or precision
+RESUMABLE_CHANGES = ("epochs", "time_budget", "val_every", "val_modes", "device", "precision")
 
 
 @dataclass
@@ -44,6 +44,15 @@ def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training steps on `device` (None: fp32) for TrainConfig's
+    `precision`: 'auto' is CUDA's mixed precision (bf16 where supported, else fp16) and fp32
+    elsewhere; 'fp32' and 'bf16' as `device.resolve_precision` (bf16 warns where emulated)."""
+    if precision == "auto" and device.type != "cuda":
+        return None
+    return resolve_precision(precision, device)
 
 
 def make_batch(samples: Sequence[Sample], cfg: TrainConfig, step: int
@@ -75,6 +84,7 @@ class Trainer:
         self.train_samples, self.val_samples, self.cfg = train_samples, val_samples, cfg
         self.out_dir = Path(out_dir)
         self.device = resolve_device(cfg.device)
+        self.dtype = training_dtype(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.model: CellViT = build_model(cfg.variant, cfg.heads, cfg.in_channels,
                                           cfg.n_rays).to(self.device)
@@ -119,9 +129,9 @@ class Trainer:
             self._set_lr()
             images = images.to(self.device)
             targets = {h: t.to(self.device) for h, t in targets.items()}
-            with autocast(self.device):
+            with precision_autocast(self.device, self.dtype):
                 raw = self.model(images)
-            loss, parts = total_loss(raw, targets)
+            loss, parts = total_loss({h: r.float() for h, r in raw.items()}, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
