@@ -65,3 +65,14 @@ def exit_code_and_heavy_imports(argv: list[str], modules: set[str]) -> list[str]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     return done.stdout.split() or [done.stderr]
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A dask Client of a LocalCluster of 2 single-threaded worker processes, for the tests
+    of `--cluster` (one cluster for the session; skipped without dask.distributed)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client

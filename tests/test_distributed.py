@@ -3,9 +3,6 @@ processes, against the single-process `segment_paths`: with conftest's packed-ce
 (at its own size: --diameter 12, zoom 1) and with the shipped model."""
 
 import csv
-import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa:
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
 from cellvit_cli.samples import load_nuclei_sample  # noqa: E402
 from conftest import exit_code_and_heavy_imports, save_packed_cells_model  # noqa: E402
+from dask_helpers import KillOnce  # noqa: E402
 
 NAMES = ("a", "b", "c", "d")
 OPTIONS = dict(diameter=12.0, tile_size=128, overlap=32, progress=False)
@@ -51,14 +49,6 @@ def reference(images, model_dir, tmp_path_factory):
     report = segment_paths([images], out, SegmentSettings(model=model_dir, **OPTIONS))
     assert report.done == 4 and len(report.failed) == 1
     return out
-
-
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        yield client
 
 
 def _labels(folder: Path) -> dict[str, bytes]:
@@ -158,29 +148,9 @@ def test_unreachable_scheduler(images, model_dir, tmp_path):
     assert result.exit_code == 1 and "cannot reach the dask scheduler" in result.output
 
 
-class KillOnce(distributed.WorkerPlugin):
-    """Kills its worker process (SIGKILL) as the first segment task of the run starts
-    executing anywhere (a marker file says it happened): that task is lost in flight and
-    dask must rerun it elsewhere."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def transition(self, key, start, finish, **kwargs):
-        if finish == "executing" and str(key).startswith("cellvit-segment"):
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def test_killed_worker_same_labels(client, images, model_dir, reference, tmp_path):
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack this module
     marker = tmp_path / "killed"
-    client.register_plugin(KillOnce(str(marker)), name="kill-once")
+    client.register_plugin(KillOnce(str(marker), "cellvit-segment"), name="kill-once")
     try:
         report = segment_paths_distributed([images], tmp_path / "out",
                                            SegmentSettings(model=model_dir, **OPTIONS), client)

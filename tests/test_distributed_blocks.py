@@ -2,9 +2,6 @@
 (`distributed_blocks`): the same labels and exports as single-process block mode, a worker
 killed mid-run, a failing block named by its position, and the client's packed results."""
 
-import os
-import signal
-import sys
 import zipfile
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from cellvit_cli.inference.blocks import PackedCells  # noqa: E402
 from cellvit_cli.inference.distributed import segment_paths_distributed  # noqa: E402
 from cellvit_cli.inference.pipeline import SegmentSettings, segment_paths  # noqa: E402
 from cellvit_cli.samples import load_nuclei_sample, make_mosaic  # noqa: E402
+from dask_helpers import KillOnce, by_value  # noqa: E402
 from test_zarr_io import zarr_labels  # noqa: E402
 
 # The shipped model at zoom 1 on a 1024 x 1536 mosaic of the real nuclei sample: 6 blocks.
@@ -51,14 +49,6 @@ def reference(images, settings, tmp_path_factory):
     report = segment_paths([images], out, settings)
     assert report.done == 2 and len(report.failed) == 1
     return out
-
-
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        yield client
 
 
 def _rois(folder: Path) -> dict[str, bytes]:
@@ -102,32 +92,26 @@ def test_auto_size_is_estimated_once_for_all_blocks(client, images, tmp_path):
             == (tmp_path / "single/m_labels.tif").read_bytes())
 
 
-class KillOnce(distributed.WorkerPlugin):
-    """Kills its worker process (SIGKILL) as the first block task starts executing
-    anywhere (a marker file says it happened): dask must rerun that block elsewhere."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def transition(self, key, start, finish, **kwargs):
-        if finish == "executing" and str(key).startswith("cellvit-block"):
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _by_value():
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack this module
+def test_an_ome_zarr_image_on_workers_gives_the_labels_of_its_tiff(client, images, reference,
+                                                                   tmp_path):
+    """The mosaic as an OME-Zarr image: block tasks read its chunks, same labels."""
+    zarr = pytest.importorskip("zarr")
+    data = tifffile.imread(images / "m.tif")
+    group = zarr.open_group(store=str(tmp_path / "m.ome.zarr"), mode="w", zarr_format=2)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}]}]
+    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(256, 256))[:] = data
+    report = segment_paths_distributed([tmp_path / "m.ome.zarr"], tmp_path / "out",
+                                       SegmentSettings(**OPTIONS), client)
+    assert report.done == 1 and not report.failed
+    assert np.array_equal(tifffile.imread(tmp_path / "out/m_labels.tif"),
+                          tifffile.imread(reference / "m_labels.tif"))
 
 
 def test_a_worker_killed_mid_image_changes_nothing(client, images, reference, tmp_path):
-    _by_value()
     marker = tmp_path / "killed"
-    client.register_plugin(KillOnce(str(marker)), name="kill-once")
+    client.register_plugin(KillOnce(str(marker), "cellvit-block"), name="kill-once")
     try:
         report = segment_paths_distributed([images], tmp_path / "out",
                                            SegmentSettings(pattern="m.tif", **OPTIONS), client)
@@ -161,7 +145,7 @@ def _restore():
 
 def test_a_failing_block_is_named_and_the_run_exits_non_zero(client, images, reference,
                                                              tmp_path):
-    _by_value()
+    by_value(__name__)
     client.run(_fail_second_block_row)
     try:
         result = CliRunner().invoke(main, [
