@@ -46,6 +46,9 @@ class InputError(ValueError):
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.path}: {self.problem}")
 
+    def __reduce__(self):  # pickled as made: a dask task's error reaches the client whole
+        return type(self), (self.path, self.problem)
+
 
 class BinaryMaskError(InputError):
     """A label image that is a binary mask (0/1, several objects), not instance labels."""

@@ -162,6 +162,24 @@ def test_a_failing_block_is_named_and_the_run_exits_non_zero(client, images, ref
         "small.geojson", "small_labels.tif", "small_rois.zip", "summary.csv"]
 
 
+def test_an_image_its_plan_cannot_read_is_one_line(client, tmp_path):
+    """A TIFF whose header is fine but whose pixels are not: the plan task's error (an
+    InputError, pickled whole) names the file; the other image is done."""
+    image, _ = load_nuclei_sample()
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in/ok.tif", image[:256, :256])
+    tifffile.imwrite(tmp_path / "in/bad.tif", image, tile=(256, 256), compression="zlib")
+    data = bytearray((tmp_path / "in/bad.tif").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4000] = b"\xff" * 4000  # a tile's zlib stream
+    (tmp_path / "in/bad.tif").write_bytes(bytes(data))
+    settings = SegmentSettings(diameter=17.0, block_mode="on", block_size=512, progress=False)
+    report = segment_paths_distributed([tmp_path / "in"], tmp_path / "out", settings, client)
+    assert report.done == 1 and len(report.failed) == 1
+    assert report.failed[0].startswith(str(tmp_path / "in/bad.tif") + ": cannot read")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok_labels.tif",
+                                                                    "summary.csv"]
+
+
 def test_packed_cells_round_trip_real_labels():
     _, labels = load_nuclei_sample()
     owned = labels.astype(np.uint32)
