@@ -21,13 +21,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cellvit_cli.cluster import open_client, parse_cluster
+from cellvit_cli.inference.distributed_blocks import segment_image_blocks
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs, prepare_folders
-from cellvit_cli.inference.distributed_blocks import segment_image_blocks
-from cellvit_cli.inference.pipeline import (SegmentReport, block_mode_exports, finish_report,
-                                            log_done, record_of, run_jobs)
+from cellvit_cli.inference.pipeline import block_mode_exports, run_jobs
 from cellvit_cli.inference.segmenter import (SegmentSettings, Segmenter, check_thresholds,
                                              fixed_zoom, uses_blocks)
+from cellvit_cli.inference.summary import SegmentReport, finish_report, log_done, record_of
 from cellvit_cli.inference.worker_cache import LOCK, cached_segmenter, captured_logs
 from cellvit_cli.io import InputError, image_shape
 

@@ -7,7 +7,6 @@ pixel budget go through block mode (`block_pipeline.py`). One image in memory:
 `segment_array`.
 """
 
-import csv
 import logging
 import os
 import threading
@@ -16,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,7 @@ from cellvit_cli.inference.inputs import (Job, find_inputs, jobs_to_do, plan_job
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
                                              segment_array, segment_array_with_size)
 from cellvit_cli.inference.sizing import SizeEstimate
-from cellvit_cli.inference.summary import (CELLS_FILE, ImageRecord, write_cells_table,
-                                           write_summary)
+from cellvit_cli.inference.summary import SegmentReport, finish_report, log_done, record_of
 from cellvit_cli.io import (InputError, image_shape, named_errors, read_image, remove_output,
                             temp_target, write_labels)
 from cellvit_cli.preprocess import rescale, resize_labels, select_channel
@@ -45,25 +43,6 @@ PREFETCH = 2                      # images read ahead of the network
 
 __all__ = ["BLOCK_MODES", "SegmentReport", "SegmentSettings", "Segmenter", "segment_array",
            "segment_array_with_size", "segment_paths"]
-
-
-@dataclass
-class SegmentReport:
-    """Outcome of `segment_paths`: counts, failures ("<path>: <problem>"), timings (s), and
-    one `ImageRecord` per input image (also written to OUT/summary.csv)."""
-
-    done: int = 0
-    skipped: int = 0
-    failed: list[str] = field(default_factory=list)
-    cells: int = 0
-    pixels: int = 0
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    images: list[ImageRecord] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (f"{self.done} image(s) done, {self.skipped} skipped, {len(self.failed)} failed, "
-                f"{self.cells:,} cells found in {self.seconds:.1f} s")
 
 
 class _Clock:
@@ -117,18 +96,6 @@ def segment_paths(inputs, out_dir, settings: SegmentSettings | None = None,
     return finish_report(report, out_dir, jobs, records, settings, start)
 
 
-def finish_report(report: SegmentReport, out_dir: Path, jobs: list[Job], records: dict,
-                  settings: SegmentSettings, start: float) -> SegmentReport:
-    """Close a run: the per-image records in input order, the wall time since `start`,
-    OUT/summary.csv and (with --measure) OUT/cells.csv."""
-    report.images = [records[job.path] for job in jobs]
-    report.seconds = time.perf_counter() - start
-    write_report_summary(out_dir, report)
-    if settings.measure:
-        write_run_cells(out_dir, jobs, records)
-    return report
-
-
 def run_jobs(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, records: dict,
              bar) -> None:
     """Segment `jobs` (folders prepared, none done) with `segmenter`: counts, failures and
@@ -140,31 +107,6 @@ def run_jobs(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, recor
     for job, estimate in [(job, None) for job in big] + rerouted:
         _run_blocks(job, segmenter, report, clock, records, estimate)
         bar.update()
-
-
-def record_of(job: Job, out_dir: Path, status: str, **figures) -> ImageRecord:
-    labels = job.outputs["labels"]
-    name = labels.relative_to(out_dir) if labels.is_relative_to(out_dir) else labels
-    return ImageRecord(str(job.path), str(name), status, **figures)
-
-
-def write_report_summary(out_dir: Path, report: SegmentReport) -> None:
-    try:
-        write_summary(out_dir, report.images)
-    except OSError as err:
-        log.warning("%s: cannot write the run summary: %s", out_dir, err)
-
-
-def write_run_cells(out_dir: Path, jobs: list[Job], records: dict) -> None:
-    """Write OUT/cells.csv: the rows of the `<stem>_cells.csv` of every job done or skipped
-    that has one, in input order (a warning, not an error, when it cannot be written)."""
-    tables = [job.outputs["measurements"] for job in jobs
-              if records[job.path].status in ("done", "skipped")
-              and job.outputs["measurements"].is_file()]
-    try:
-        write_cells_table(out_dir, tables)
-    except (OSError, ValueError, csv.Error) as err:  # a CSV unreadable, or no room
-        log.warning("%s: cannot write the run's %s: %s", out_dir, CELLS_FILE, err)
 
 
 def _fail(report: SegmentReport, err: Exception, records: dict | None = None,
@@ -193,15 +135,6 @@ def _image_error(job: Job, err: Exception) -> InputError:
 def _done(job: Job, estimate: SizeEstimate, cells: int, seconds: float, segmenter: Segmenter,
           records: dict) -> None:
     log_done(records[job.path], job, estimate, cells, seconds, segmenter.mode)
-
-
-def log_done(record: ImageRecord, job: Job, estimate: SizeEstimate, cells: int,
-             seconds: float, mode: str) -> None:
-    """Log one line for a finished image and fill its record."""
-    log.info("%s: %s, %d cells, %.1f s", job.path.name, estimate.describe(), cells, seconds)
-    record.status, record.cells, record.seconds = "done", cells, seconds
-    record.diameter_px = "" if estimate.diameter is None else float(estimate.diameter)
-    record.zoom, record.mode, record.note = float(estimate.zoom), mode, estimate.note or ""
 
 
 def label_metadata(estimate: SizeEstimate, segmenter: Segmenter, job: Job) -> dict:
