@@ -1,7 +1,9 @@
 """What a dask worker process keeps between the tasks of a run (`distributed`,
-`distributed_blocks`): the model loaded once, the image file kept open, and the log lines
-of a task sent back to the client instead of the worker's stderr."""
+`distributed_blocks`): the model loaded once (with glibc's allocator tuned back for
+tensors, `tune_malloc`), the image file kept open, and the log lines of a task sent back
+to the client instead of the worker's stderr."""
 
+import ctypes
 import logging
 import os
 import threading
@@ -21,9 +23,34 @@ def cached_segmenter(settings: SegmentSettings, model) -> Segmenter:
     tasks (only the last one: a new model or settings replace it)."""
     key = (str(model), repr(settings))
     if key not in _SEGMENTERS:
+        tune_malloc()
         _SEGMENTERS.clear()
         _SEGMENTERS[key] = Segmenter.from_settings(settings, model)
     return _SEGMENTERS[key]
+
+
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = -3, -1  # glibc's mallopt parameters
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> None:
+    """Serve large allocations from the heap again in this process (glibc only; once).
+
+    Dask starts its workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
+    glibc's adaptive mmap threshold: every array above 128 kB becomes a fresh mmap whose
+    pages are faulted in again, and the network ran 2.2x slower in a worker than in a plain
+    process (a 1536 px block, one thread: 12.9 s against 5.8 s, AMD EPYC). The mmap
+    threshold goes to glibc's maximum (32 MiB) and trimming starts above 64 MiB."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_MMAP_THRESHOLD, 32 * 2 ** 20)
+        libc.mallopt(_TRIM_THRESHOLD, 64 * 2 ** 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def cached_regions(path, channel: int | None):
