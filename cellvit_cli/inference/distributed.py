@@ -24,12 +24,13 @@ from cellvit_cli.cluster import open_client, parse_cluster
 from cellvit_cli.inference.distributed_blocks import segment_image_blocks
 from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import Job, find_inputs, jobs_to_do, plan_jobs, prepare_folders
-from cellvit_cli.inference.pipeline import block_mode_exports, run_jobs
+from cellvit_cli.inference.pipeline import (block_mode_exports, fail_image, image_error,
+                                            run_jobs, split_by_size)
 from cellvit_cli.inference.segmenter import (SegmentSettings, Segmenter, check_thresholds,
-                                             fixed_zoom, uses_blocks)
+                                             fixed_zoom)
 from cellvit_cli.inference.summary import SegmentReport, finish_report, log_done, record_of
 from cellvit_cli.inference.worker_cache import LOCK, cached_segmenter, captured_logs
-from cellvit_cli.io import InputError, image_shape
+from cellvit_cli.io import InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +102,16 @@ def model_heads(settings: SegmentSettings, model=None) -> tuple[str, ...]:
 def _split_by_size(jobs: list[Job], settings: SegmentSettings, model
                    ) -> tuple[list[Job], list[Job]]:
     """(jobs of one task each, jobs whose blocks are spread over the workers): those that
-    go to block mode by the shape in their header at the fixed zoom. An image that only its
-    estimated zoom takes past the pixel budget is done in block mode by the one worker of
-    its task."""
+    go to block mode by the shape in their header at the fixed zoom (`split_by_size`). An
+    image that only its estimated zoom takes past the pixel budget is done in block mode by
+    the one worker of its task."""
     from cellvit_cli.modeling.folder import read_config, resolve_model
 
     if settings.block_mode == "off":
         return jobs, []
     median = read_config(resolve_model(model if model is not None else settings.model)
                          ).median_diameter
-    zoom = fixed_zoom(settings, median)
-    whole, huge = [], []
-    for job in jobs:
-        shape = image_shape(job.path)
-        (huge if shape is not None and uses_blocks(settings, shape, zoom) else whole).append(job)
-    return whole, huge
+    return split_by_size(jobs, settings, fixed_zoom(settings, median))
 
 
 def _run_blocks(client, job: Job, settings: SegmentSettings, model, report: SegmentReport,
@@ -127,8 +123,7 @@ def _run_blocks(client, job: Job, settings: SegmentSettings, model, report: Segm
         cells, pixels, plan = segment_image_blocks(client, job, settings, model,
                                                    block_mode_exports(job, settings))
     except (OSError, ValueError) as err:  # InputError included
-        error = err if isinstance(err, InputError) else InputError(job.path, str(err))
-        _task_failed(report, records, job, error, prefix="")
+        fail_image(report, image_error(job, err), records, job)
         return
     report.cells += cells
     report.pixels += pixels
@@ -172,12 +167,9 @@ def _merge(report: SegmentReport, records: dict, job: Job, part: SegmentReport,
     records[job.path] = part.images[0]
 
 
-def _task_failed(report: SegmentReport, records: dict, job: Job, err: Exception,
-                 prefix: str = "task failed: ") -> None:
-    error = err if not prefix else InputError(job.path, f"{prefix}{type(err).__name__}: {err}")
-    report.failed.append(str(error))
-    log.error("%s", error)
-    records[job.path].status, records[job.path].note = "failed", str(error)
+def _task_failed(report: SegmentReport, records: dict, job: Job, err: Exception) -> None:
+    error = InputError(job.path, f"task failed: {type(err).__name__}: {err}")
+    fail_image(report, error, records, job)
 
 
 # --- on the workers -------------------------------------------------------------------

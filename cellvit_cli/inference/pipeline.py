@@ -29,7 +29,8 @@ from cellvit_cli.inference.fingerprint import run_fingerprint
 from cellvit_cli.inference.inputs import (Job, find_inputs, jobs_to_do, plan_jobs,
                                          prepare_folders)
 from cellvit_cli.inference.segmenter import (BLOCK_MODES, SegmentSettings, Segmenter,
-                                             segment_array, segment_array_with_size)
+                                             segment_array, segment_array_with_size,
+                                             uses_blocks)
 from cellvit_cli.inference.sizing import SizeEstimate
 from cellvit_cli.inference.summary import SegmentReport, finish_report, log_done, record_of
 from cellvit_cli.io import (InputError, image_shape, named_errors, read_image, remove_output,
@@ -102,22 +103,24 @@ def run_jobs(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, recor
     stage times go to `report`, figures to `records` ({path: ImageRecord}), one `bar`
     (tqdm) step per image. The engine of `segment_paths`, and of each distributed task."""
     clock = _Clock(report.stage_seconds)
-    whole, big = _split_by_size(jobs, segmenter)
+    whole, big = split_by_size(jobs, segmenter.settings, segmenter.scale)
     rerouted = _run_whole(whole, segmenter, report, bar, clock, records)
     for job, estimate in [(job, None) for job in big] + rerouted:
         _run_blocks(job, segmenter, report, clock, records, estimate)
         bar.update()
 
 
-def _fail(report: SegmentReport, err: Exception, records: dict | None = None,
-          job: Job | None = None) -> None:
+def fail_image(report: SegmentReport, err: Exception, records: dict | None = None,
+               job: Job | None = None) -> None:
+    """Count `err` (one line naming the file) as a failed image: in `report`, the log and
+    the job's record."""
     report.failed.append(str(err))
     log.error("%s", err)
     if records is not None and job is not None:
         records[job.path].status, records[job.path].note = "failed", str(err)
 
 
-def _image_error(job: Job, err: Exception) -> InputError:
+def image_error(job: Job, err: Exception) -> InputError:
     """One line naming the file at fault: the output that could not be written (not its
     temporary name), else the input that could not be read or segmented."""
     if isinstance(err, InputError):
@@ -147,12 +150,14 @@ def label_metadata(estimate: SizeEstimate, segmenter: Segmenter, job: Job) -> di
             "precision": precision_name(segmenter.predictor.dtype)}
 
 
-def _split_by_size(jobs: list[Job], segmenter: Segmenter) -> tuple[list[Job], list[Job]]:
-    """(whole-image jobs, block-mode jobs), from the image shape in each file's header."""
+def split_by_size(jobs: list[Job], settings: SegmentSettings, zoom: float | None
+                  ) -> tuple[list[Job], list[Job]]:
+    """(whole-image jobs, block-mode jobs), from the image shape in each file's header at
+    `zoom` (the fixed zoom; None: 1)."""
     whole, big = [], []
     for job in jobs:
-        shape = image_shape(job.path) if segmenter.settings.block_mode != "off" else None
-        (big if shape is not None and segmenter.uses_blocks(shape) else whole).append(job)
+        shape = image_shape(job.path) if settings.block_mode != "off" else None
+        (big if shape is not None and uses_blocks(settings, shape, zoom) else whole).append(job)
     return whole, big
 
 
@@ -217,7 +222,7 @@ def _prepared(jobs: list[Job], segmenter: Segmenter, report: SegmentReport, bar,
                 read, x = future.result()
             except InputError as err:
                 tiles.settle(job, None)
-                _fail(report, err, records, job)
+                fail_image(report, err, records, job)
                 bar.update()
                 continue
             tiles.settle(job, x)
@@ -354,7 +359,7 @@ def _collect(read: _Read, pixels: int, future: Future, segmenter: Segmenter,
     try:
         cells = future.result()
     except (OSError, ValueError) as err:  # this image only: the run goes on
-        _fail(report, _image_error(read.job, err), records, read.job)
+        fail_image(report, image_error(read.job, err), records, read.job)
     else:
         report.cells += cells
         report.done += 1
@@ -385,7 +390,7 @@ def _run_blocks(job: Job, segmenter: Segmenter, report: SegmentReport, clock: _C
             job.path, job.outputs["labels"], segmenter, clock, estimate,
             lambda e: label_metadata(e, segmenter, job), block_mode_exports(job, segmenter.settings))
     except (OSError, ValueError) as err:  # InputError included; this image only
-        _fail(report, _image_error(job, err), records, job)
+        fail_image(report, image_error(job, err), records, job)
         return
     report.cells += cells
     report.pixels += pixels
