@@ -244,10 +244,17 @@ def test_segment_array_of_an_empty_image(segmenter):
     np.testing.assert_array_equal(segment_array(np.zeros((200, 300)), segmenter), labels)
 
 
-def _probe_of(labels: np.ndarray, zoom: float):
+def _probe_of(labels: np.ndarray, zoom: float, regions=None):
+    """A probe of whole-image `labels` at `zoom`, or of its crops at `regions` (px of the
+    unzoomed image)."""
     from cellvit_cli.inference.sizing import Probe
 
-    return Probe(zoom, object_diameters(labels), ({}, labels))
+    if regions is None:
+        full = tuple(slice(0, round(n / zoom)) for n in labels.shape)
+        return Probe(zoom, object_diameters(labels), ({}, labels), [(full, labels)])
+    pieces = [(r, labels[tuple(slice(round(s.start * zoom), round(s.stop * zoom)) for s in r)])
+              for r in regions]
+    return Probe(zoom, np.concatenate([object_diameters(p) for _, p in pieces]), pieces=pieces)
 
 
 def test_texture_inside_large_objects_is_told_from_packed_small_objects():
@@ -261,6 +268,29 @@ def test_texture_inside_large_objects_is_told_from_packed_small_objects():
     packed = ndi.label(_discs(8, (256, 256)) > 0)[0] * (resize_labels(big, (256, 256)) > 0)
     assert _texture_inside(_probe_of(specks, 0.5), _probe_of(big, 0.125))
     assert not _texture_inside(_probe_of(packed, 0.5), _probe_of(big, 0.125))
+    crops = [(slice(64, 320), slice(64, 320)), (slice(256, 512), slice(192, 448))]
+    assert _texture_inside(_probe_of(specks, 0.5, crops), _probe_of(big, 0.125))
+    assert not _texture_inside(_probe_of(packed, 0.5, crops), _probe_of(big, 0.125))
+
+
+def test_first_probe_of_a_big_image_looks_at_crops_only():
+    from cellvit_cli.inference.sizing import FIRST_PROBE_SIDE, N_CROPS
+
+    image = _discs(20, (2048, 2048))
+    x = image[np.newaxis]
+    seen = []
+
+    def model(inp):
+        seen.append(inp.shape[1] * inp.shape[2])
+        return _threshold_model(inp)
+
+    estimate = estimate_zoom(image.shape, lambda r, z: rescale(x[(slice(None), *r)], z), model,
+                             TARGET, keep_band=1.6)
+    assert estimate.zoom == 1.0 and estimate.diameter == pytest.approx(20, rel=0.15)
+    first = seen[:N_CROPS]
+    half_size_whole = (2048 // 2) ** 2
+    assert sum(first) <= N_CROPS * FIRST_PROBE_SIDE ** 2 <= half_size_whole / 4
+    assert sum(seen) < 0.1 * 2048 ** 2  # the 1/8 texture probe is the only other look
 
 
 def test_crops_are_not_repeated_when_they_cover_the_image():

@@ -1,12 +1,13 @@
-"""Build big test images (default 2048 x 2048) by tiling test_fluo images and their masks.
+"""Build big test images (default 2048 x 2048) by tiling test_fluo (or fluo_val) images.
 
     python benchmarks/peers/mosaics.py OUT --count 4 --size 2048
+    python benchmarks/peers/mosaics.py OUT --split fluo_val   # to tune on, not test_fluo
 
 Writes OUT/images/mosaic_<k>_<id8>.tif and OUT/masks/mosaic_<k>_<id8>.tif. Mosaic k tiles
-randomly flipped (and, for square images, rotated) copies of one test_fluo image, chosen
-evenly spaced through the split, row by row, cropping the last row and column (the idea of
-`cellvit_cli.samples.make_mosaic`, kept to numpy + tifffile so that any environment runs
-it). Every object is a real annotated nucleus; copies are renumbered so labels stay unique.
+randomly flipped (and, for square images, rotated) copies of one image of the split
+(test_fluo unless --split says), chosen evenly spaced through the split, row by row,
+cropping the last row and column (the idea of `cellvit_cli.samples.make_mosaic`, kept
+to numpy + tifffile so that any environment runs it). Every object is a real annotated nucleus; copies are renumbered so labels stay unique.
 """
 
 import argparse
@@ -54,13 +55,15 @@ def main(argv=None) -> None:
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--data", type=Path, default=peerdata.DEFAULT_DATA)
+    p.add_argument("--split", default=peerdata.TEST_SPLIT,
+                   choices=(peerdata.TEST_SPLIT, peerdata.VAL_SPLIT))
     args = p.parse_args(argv)
-    ids = peerdata.read_ids(args.data, peerdata.TEST_SPLIT)
+    ids = peerdata.read_ids(args.data, args.split)
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
     for k in range(args.count):
         image_id = ids[k * len(ids) // args.count]
-        folder = args.data / peerdata.SPLIT_FOLDER[peerdata.TEST_SPLIT]
+        folder = args.data / peerdata.SPLIT_FOLDER[args.split]
         image = tifffile.imread(folder / "images" / f"{image_id}.tif")
         labels = tifffile.imread(folder / "masks" / f"{image_id}.tif")
         mosaic, mosaic_labels = make_mosaic(image, labels, args.size, seed=k)

@@ -10,10 +10,13 @@ within `KEEP_BAND` of that size keep zoom 1.
 The first probe looks at half size, where objects of 8 to 128 px are measured well (on
 fluo_val the medians at zoom 0.5 and 1 agree within ~10 %) at a quarter of the cost. A
 probe is only believed for the sizes it can see (`LADDER`): when half size shows nothing
-it can measure, full size looks for small objects and 1/8 for very large ones. Probes of
-the whole image are kept: when the zoom stops at one, its maps and labels are the result.
-On DSB2018 test_fluo the estimate costs 1.29x the same zoom given by hand
-(`benchmarks/zoom.py --cost`).
+it can measure, full size looks for small objects and 1/8 for very large ones. These first
+probes look at the whole image only while that is cheap (`FIRST_PROBE_PIXELS`); on bigger
+images they look at `N_CROPS` crops of `FIRST_PROBE_SIDE` px picked by contrast, so a
+2048 x 2048 image pays ~6 % of its segmentation for them instead of 25 %. Later probes
+look at the whole image when it fits `whole_pixels`: when the zoom stops at one of those,
+its maps and labels are the result. Costs: `benchmarks/zoom.py --cost` and
+docs/benchmarks.md ("The automatic object size's cost").
 """
 
 import math
@@ -39,6 +42,8 @@ MIN_SIDE = 32             # px: a probe or the result is never smaller than this
 MIN_OBJECTS = 2           # fewer objects than this is "nothing found"
 PROBE_SIDE = 512          # px at the probe zoom, per crop, when the whole image is too big
 N_CROPS = 4               # crops per probe (picked by content from a 4 x 4 grid)
+FIRST_PROBE_SIDE = 256    # px per crop of a first probe (4x the largest object it believes)
+FIRST_PROBE_PIXELS = 2 * N_CROPS * FIRST_PROBE_SIDE ** 2  # a first probe's whole-image limit
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,13 @@ LADDER = (Rung(0.5, 4.0, 64.0), Rung(1.0, 3.0, 16.0), Rung(0.125, 16.0, 64.0))
 @dataclass
 class Probe:
     """One segmentation at `zoom`: diameters (px at that zoom) of the objects found;
-    `result` = (maps, labels) when the probe covered the whole image."""
+    `result` = (maps, labels) when the probe covered the whole image; `pieces`: (region of
+    the image, int labels of it at `zoom`) per region looked at (the whole image or crops)."""
 
     zoom: float
     diameters: np.ndarray
     result: tuple[dict, np.ndarray] | None = None
+    pieces: list[tuple[Slices, np.ndarray]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -139,12 +146,14 @@ def estimate_zoom(shape: tuple[int, int], read: Read, segment: Segment, target: 
     crops = _CropPicker(shape, read)
     probes: list[Probe] = []
 
-    def run(zoom: float) -> Probe:
-        probe = _probe(shape, zoom, read, segment, whole_pixels, crops)
+    def run(zoom: float, first: bool = False) -> Probe:
+        limit, side = ((min(whole_pixels, FIRST_PROBE_PIXELS), FIRST_PROBE_SIDE) if first
+                       else (whole_pixels, PROBE_SIDE))
+        probe = _probe(shape, zoom, read, segment, limit, crops, side)
         probes.append(probe)
         return probe
 
-    start = _first_probe(shape, run)
+    start = _first_probe(shape, lambda zoom: run(zoom, first=True))
     if start is None:
         return _nothing_found(probes)
     if abs(math.log(start.median / start.zoom / target)) <= math.log(keep_band):
@@ -188,7 +197,7 @@ def _unless_texture(probe: Probe, shape, run) -> Probe:
     are only texture inside (see `_texture_inside`). Skipped below `TEXTURE_MIN_SIDE` px,
     where a probe costs more in overheads than in pixels and such objects are few."""
     coarse = LADDER[-1]
-    if probe.result is None or min(shape) < TEXTURE_MIN_SIDE:
+    if not probe.pieces or min(shape) < TEXTURE_MIN_SIDE:
         return probe
     big = run(coarse.zoom)
     return big if _in_range(big, coarse) and _texture_inside(probe, big) else probe
@@ -203,17 +212,21 @@ def _in_range(probe: Probe, rung: Rung) -> bool:
 
 
 def _texture_inside(fine: Probe, coarse: Probe) -> bool:
-    """Whether the objects of a finer whole-image probe fill less than `MAX_TEXTURE` of the
-    coarser probe's objects (count inside them x median area / their area): then they are
-    texture inside large objects (nuclei of 300 px seen at half size), not objects of
-    their own. Small nuclei packed in a cluster that 1/8 sees as one blob fill it well."""
+    """Whether the objects of a finer probe fill less than `MAX_TEXTURE` of the coarser
+    whole-image probe's objects in the regions the finer one looked at (count inside them
+    x median area / their area): then they are texture inside large objects (nuclei of
+    300 px seen at half size), not objects of their own. Small nuclei packed in a cluster
+    that 1/8 sees as one blob fill it well."""
     if coarse.result is None:
         return False
-    fine_labels = fine.result[1]
-    coarse_fg = resize_labels(coarse.result[1], fine_labels.shape) > 0
-    area = np.count_nonzero(coarse_fg)
-    inside = np.unique(fine_labels[coarse_fg])
-    count = inside.size - (inside[:1] == 0).sum()
+    coarse_labels, count, area = coarse.result[1], 0, 0
+    for region, fine_labels in fine.pieces:
+        cut = tuple(slice(math.floor(s.start * coarse.zoom), math.ceil(s.stop * coarse.zoom))
+                    for s in region)
+        coarse_fg = resize_labels(coarse_labels[cut], fine_labels.shape) > 0
+        area += np.count_nonzero(coarse_fg)
+        inside = np.unique(fine_labels[coarse_fg])
+        count += inside.size - (inside[:1] == 0).sum()
     return area > 0 and count * np.pi * (fine.median / 2) ** 2 < MAX_TEXTURE * area
 
 
@@ -269,19 +282,20 @@ def _nothing_found(probes: list[Probe]) -> SizeEstimate:
 
 
 def _probe(shape, zoom: float, read: Read, segment: Segment, whole_pixels: float,
-           crops: "_CropPicker") -> Probe:
-    """Segment the whole image at `zoom` if it fits `whole_pixels`, else `N_CROPS` crops."""
+           crops: "_CropPicker", side: int = PROBE_SIDE) -> Probe:
+    """Segment the whole image at `zoom` if it fits `whole_pixels`, else `N_CROPS` crops of
+    `side` px."""
     full = (slice(0, shape[0]), slice(0, shape[1]))
     if shape[0] * shape[1] * zoom ** 2 <= whole_pixels:
         maps, labels = segment(read(full, zoom))
-        return Probe(zoom, object_diameters(labels), (maps, labels))
-    diameters = [object_diameters(segment(read(region, zoom))[1], drop_border=True)
-                 for region in crops.regions(zoom)]
-    return Probe(zoom, np.concatenate(diameters))
+        return Probe(zoom, object_diameters(labels), (maps, labels), [(full, labels)])
+    pieces = [(region, segment(read(region, zoom))[1]) for region in crops.regions(zoom, side)]
+    diameters = [object_diameters(labels, drop_border=True) for _, labels in pieces]
+    return Probe(zoom, np.concatenate(diameters), pieces=pieces)
 
 
 class _CropPicker:
-    """Crops of PROBE_SIDE px at a zoom, centred where the image has the most contrast.
+    """Crops of a side (px at a zoom), centred where the image has the most contrast.
 
     The centres are chosen once (standard deviation of a 4 x 4 grid of cells, read at a
     coarse zoom) and kept for every zoom, so all probes look at the same objects.
@@ -306,9 +320,10 @@ class _CropPicker:
             self._centres = [centre for _, centre in cells[:N_CROPS]]
         return self._centres
 
-    def regions(self, zoom: float) -> list[Slices]:
-        """The crops at `zoom`, each once (crops as large as the image are all the same)."""
-        side = math.ceil(PROBE_SIDE / zoom)
+    def regions(self, zoom: float, side: int = PROBE_SIDE) -> list[Slices]:
+        """The crops of `side` px at `zoom`, each once (crops as large as the image are all
+        the same)."""
+        side = math.ceil(side / zoom)
         windows = {tuple((w.start, w.stop) for w in (_window(c, side, n)
                                                      for c, n in zip(centre, self.shape)))
                    for centre in self.centres()}
