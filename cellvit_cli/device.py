@@ -138,6 +138,11 @@ def cpu_description() -> str:
     return f"{name}, {cores} cores" + (f", {found}" if found else "")
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX bf16 tiles (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags()
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     return set(_cpuinfo().get("flags", "").split())

@@ -257,8 +257,8 @@ class TrainConfig:
     validation, device, precision and seed.
 
     precision: autocast of the training steps (weights, optimizer and losses stay fp32):
-    'auto' (mixed precision on CUDA, bf16 where supported else fp16; fp32 on the CPU and
-    MPS), 'fp32' or 'bf16' (`training.loop.training_dtype`)."""
+    'auto' (mixed precision on CUDA, bf16 where supported else fp16; bf16 on CPUs with AMX;
+    fp32 on other CPUs and MPS), 'fp32' or 'bf16' (`training.loop.training_dtype`)."""
 
     variant: str = "vit_tiny_p16"
     heads: tuple[str, ...] = HEADS

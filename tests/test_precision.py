@@ -137,9 +137,17 @@ def test_segment_precision_flag(tmp_path, model_dir, nuclei):  # noqa: F811
 @pytest.mark.parametrize("precision, expected", [("auto", None), ("fp32", None),
                                                  ("bf16", torch.bfloat16)])
 def test_training_precision_on_the_cpu(monkeypatch, precision, expected):
-    """auto stays fp32 on the CPU even where bf16 is native (docs/benchmarks.md)."""
+    """auto stays fp32 on a CPU with AVX512-BF16 but no AMX (docs/benchmarks.md)."""
     monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert training_dtype(TrainConfig(precision=precision).precision, CPU) == expected
+
+
+@pytest.mark.parametrize("precision, expected", [("auto", torch.bfloat16), ("fp32", None)])
+def test_training_precision_auto_is_bf16_on_a_cpu_with_amx(monkeypatch, precision, expected):
+    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})
+    assert training_dtype(precision, CPU) == expected
 
 
 @pytest.mark.parametrize("bf16_supported, expected", [(True, torch.bfloat16),

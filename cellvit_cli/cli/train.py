@@ -88,9 +88,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @setting_option(TrainConfig, "--precision", type=click.Choice(PRECISION_CHOICES),
                 show_default=True,
                 help="Autocast of the training steps (weights and optimizer stay fp32); "
-                     "auto: mixed precision on CUDA, fp32 elsewhere. bf16 on a CPU with "
-                     "AVX512-BF16 or AMX: same losses, but on 2 cores no faster (batch "
-                     "building is the limit; docs/benchmarks.md).")
+                     "auto: mixed precision on CUDA, bf16 on CPUs with AMX (1.4x faster, "
+                     "same losses), fp32 elsewhere (AVX512-BF16 alone: no faster on 2 "
+                     "cores; docs/benchmarks.md).")
 @setting_option(TrainConfig, "--seed", type=int, show_default=True)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where flow targets are cached (default: OUT/.target_cache).")

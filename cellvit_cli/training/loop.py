@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellvit_cli.device import precision_autocast, resolve_device, resolve_precision
+from cellvit_cli.device import (cpu_has_amx, precision_autocast, resolve_device,
+                                resolve_precision)
 from cellvit_cli.io import atomic_path
 from cellvit_cli.modeling import CellViT, ModelConfig, build_model, save_model_folder
 from cellvit_cli.modeling.folder import read_state
@@ -48,8 +49,12 @@ def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training steps on `device` (None: fp32) for TrainConfig's
-    `precision`: 'auto' is CUDA's mixed precision (bf16 where supported, else fp16) and fp32
-    elsewhere; 'fp32' and 'bf16' as `device.resolve_precision` (bf16 warns where emulated)."""
+    `precision`: 'auto' is CUDA's mixed precision (bf16 where supported, else fp16), bf16
+    on CPUs with AMX (model v2's epochs 1.4x faster) and fp32 elsewhere (AVX512-BF16 alone
+    gained nothing end to end: docs/benchmarks.md); 'fp32' and 'bf16' as
+    `device.resolve_precision` (bf16 warns where emulated)."""
+    if precision == "auto" and device.type == "cpu" and cpu_has_amx():
+        return torch.bfloat16
     if precision == "auto" and device.type != "cuda":
         return None
     return resolve_precision(precision, device)
