@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `cellvit train --init`, measured: the shipped model adapted to a kind of image it never
 # saw (DSB2018's 16 grey brightfield images: dark nuclei on a bright background) from 10
-# annotated images (8 to train on, 2 to validate), scored on the other 6, against the shipped model as it is (plain and
-# --invert) and against the same training from random weights.
+# annotated images (8 to train on, 2 to validate), scored on the other 6, against the
+# shipped model as it is (plain and --invert) and against the same training from random
+# weights.
 #   bash benchmarks/finetune_example.sh [DATA (../shared/data/dsb2018)] [OUT (/tmp/finetune)]
 # Needs the package installed (cellvit on PATH). Writes OUT/report.md with the scores.
 set -euo pipefail

@@ -52,7 +52,7 @@ def strategy(overrides: dict):
 def measure(segmenter: Segmenter, x: np.ndarray) -> dict:
     """One estimate of model input x (C, Y, X): zoom, diameter, probe pixels, seconds."""
     seen = []
-    segment = Segmenter.segment_input.__get__(segmenter)
+    segment = segmenter.segment_input
 
     def counted(inp):
         seen.append(inp.shape[1] * inp.shape[2])

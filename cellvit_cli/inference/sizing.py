@@ -16,7 +16,7 @@ images they look at `N_CROPS` crops of `FIRST_PROBE_SIDE` px picked by contrast,
 2048 x 2048 image pays ~6 % of its segmentation for them instead of 25 %. Later probes
 look at the whole image when it fits `whole_pixels`: when the zoom stops at one of those,
 its maps and labels are the result. Costs: `benchmarks/zoom.py --cost` and
-docs/benchmarks.md ("The automatic object size's cost").
+docs/benchmarks.md ("The first probe of a big image", `benchmarks/size_probes.py`).
 """
 
 import math
