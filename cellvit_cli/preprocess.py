@@ -5,7 +5,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-PERCENTILES = (1.0, 99.8)
+from cellvit_cli.settings import PERCENTILES
 SAMPLE_PIXELS = 1 << 22  # percentiles from a strided subsample of ~4 Mpx
 
 

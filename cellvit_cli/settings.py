@@ -17,6 +17,7 @@ ALL = "all"
 BLOCK_MODES = ("auto", "on", "off")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 THRESHOLD_NAMES = ("prob_thresh", "nms_thresh", "flow_thresh", "fg_thresh", "boundary_thresh")
+PERCENTILES = (1.0, 99.8)  # the default normalisation: these map to 0 and 1 (`preprocess`)
 
 
 class SettingError(ValueError):
@@ -258,7 +259,9 @@ class TrainConfig:
 
     precision: autocast of the training steps (weights, optimizer and losses stay fp32):
     'auto' (mixed precision on CUDA, bf16 where supported else fp16; bf16 on CPUs with AMX;
-    fp32 on other CPUs and MPS), 'fp32' or 'bf16' (`training.loop.training_dtype`)."""
+    fp32 on other CPUs and MPS), 'fp32' or 'bf16' (`training.loop.training_dtype`).
+    norm_percentiles: (low, high) intensity percentiles of each image mapped to 0 and 1,
+    written to the model's config.json (`segment` normalises its inputs the same way)."""
 
     variant: str = "vit_tiny_p16"
     heads: tuple[str, ...] = HEADS
@@ -277,9 +280,11 @@ class TrainConfig:
     precision: str = AUTO
     seed: int = 0
     time_budget: float | None = None     # minutes; the schedule then follows time, not steps
+    norm_percentiles: tuple[float, float] = PERCENTILES  # -> config.json normalization
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision).strip().lower()
+        self.norm_percentiles = check_percentiles(self.norm_percentiles)
         _check([(len(self.heads) > 0 and set(self.heads) <= set(HEADS), "heads",
                  f"heads must be a comma list of {', '.join(HEADS)}, got "
                  f"{','.join(self.heads) or 'none'}"),

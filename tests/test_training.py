@@ -311,3 +311,24 @@ def test_train_cli_robust_augmentation_is_recorded(folders, tmp_path):
     assert _train(images, masks, out, "--epochs", "1", "--augment", "robust").exit_code == 0
     augment = json.loads((out / "train_config.json").read_text())["config"]["augment"]
     assert augment["object_gain_range"] == [0.15, 1.0] and augment["crop_size"] == 64
+
+
+def test_train_cli_norm_percentiles_reach_the_samples_and_the_model_folder(folders, tmp_path):
+    """--norm-percentiles: the training images are normalised between them (a real image's
+    0.5 and 99 percentiles map to 0 and 1) and config.json keeps them for segment; a bad
+    pair is a usage error naming the option."""
+    from cellvit_cli.modeling import load_model_folder
+    from cellvit_cli.training.data import load_sample
+
+    images, masks = folders
+    image, mask = sorted(images.iterdir())[0], sorted(masks.iterdir())[0]
+    sample = load_sample(image, mask, 1, False, None, (0.5, 99.0))
+    low, high = np.percentile(sample.image, (0.5, 99.0))
+    assert abs(low) < 1e-3 and abs(high - 1) < 1e-3
+    out = tmp_path / "model"
+    result = _train(images, masks, out, "--epochs", "1", "--norm-percentiles", "0.5", "99")
+    assert result.exit_code == 0, result.output
+    assert load_model_folder(out).config.percentiles == (0.5, 99.0)
+    bad = _train(images, masks, tmp_path / "bad", "--norm-percentiles", "99", "1")
+    assert bad.exit_code == 2 and "'--norm-percentiles'" in bad.output
+    assert "0 <= LOW < HIGH <= 100" in bad.output

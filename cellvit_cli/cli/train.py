@@ -73,6 +73,10 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Augmentation recipe: standard (flips, rotations, zoom 0.7-1.4, gain, "
                    "offset, gamma, noise) or robust (also dim objects beside bright ones, "
                    "background ramps, blur, noise levels, crowded crops, zoom 0.6-1.6).")
+@setting_option(TrainConfig, "--norm-percentiles", type=float, nargs=2, metavar="LOW HIGH",
+                show_default=True,
+                help="Intensity percentiles of each image mapped to 0 and 1 (kept in the "
+                     "model's config.json; segment then normalises the same way).")
 @click.option("--init", "init_model", default=None, metavar="MODEL",
               help="Start from this model folder or shipped model's weights (fine-tuning "
                      "to your images; same variant). Ignored with --resume.")

@@ -10,7 +10,7 @@ import numpy as np
 
 from cellvit_cli import pairing
 from cellvit_cli.io import InputError, atomic_path, read_image, read_labels
-from cellvit_cli.preprocess import prepare
+from cellvit_cli.preprocess import PERCENTILES, prepare
 from cellvit_cli.targets import clean_labels
 from cellvit_cli.targets.flow import flow_targets
 
@@ -78,14 +78,15 @@ def _mask_hint(found: pairing.Pairing, images_dir: Path, masks_dir: Path,
 
 
 def load_sample(image_path: Path, mask_path: Path, in_channels: int, with_flows: bool,
-                cache_dir: Path | None) -> Sample:
-    """Read, normalise and check one pair; flows come from the cache when present.
+                cache_dir: Path | None, percentiles=PERCENTILES) -> Sample:
+    """Read, normalise (between `percentiles`, as `cellvit segment` does with the model's
+    config.json) and check one pair; flows come from the cache when present.
 
     Raises InputError naming the file: a bad image or mask (a binary mask included, see
     `io.read_labels`), channels the model cannot take, a mask of another shape.
     """
-    try:  # as `cellvit segment` does
-        image = prepare(read_image(image_path).data, in_channels)
+    try:
+        image = prepare(read_image(image_path).data, in_channels, percentiles=percentiles)
     except InputError:
         raise
     except ValueError as err:  # e.g. fewer channels than --in-channels
@@ -124,14 +125,16 @@ def cached_flows(labels: np.ndarray, cache_dir: Path | None) -> np.ndarray:
 
 
 def load_samples(pairs: Sequence[tuple[Path, Path]], in_channels: int, heads: Sequence[str],
-                 cache_dir: Path | None = None, progress: bool = True) -> list[Sample]:
+                 cache_dir: Path | None = None, progress: bool = True,
+                 percentiles=PERCENTILES) -> list[Sample]:
     """Load every pair (see `load_sample`), with a progress bar."""
     from tqdm import tqdm
 
     with_flows = "flow" in heads
     # a context manager: an error ends the bar's line before its message is printed
     with tqdm(pairs, desc="loading", unit="image", disable=not progress) as bar:
-        return [load_sample(i, m, in_channels, with_flows, cache_dir) for i, m in bar]
+        return [load_sample(i, m, in_channels, with_flows, cache_dir, percentiles)
+                for i, m in bar]
 
 
 def median_diameter(samples: Sequence[Sample]) -> float:

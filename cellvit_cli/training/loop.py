@@ -98,8 +98,10 @@ class Trainer:
                                            weight_decay=cfg.weight_decay)
         self.state = TrainState()
         self._epoch_started = time.time()
-        self.model_config = ModelConfig(cfg.variant, tuple(cfg.heads), cfg.in_channels, cfg.n_rays,
-                                        median_diameter=round(median_diameter(train_samples), 2))
+        self.model_config = ModelConfig(
+            cfg.variant, tuple(cfg.heads), cfg.in_channels, cfg.n_rays,
+            normalization={"percentiles": list(cfg.norm_percentiles)},
+            median_diameter=round(median_diameter(train_samples), 2))
 
     def start_from(self, name_or_path) -> list[str]:
         """Start from the weights of a model folder or shipped model (fine-tuning): every

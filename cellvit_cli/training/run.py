@@ -132,9 +132,10 @@ def run_training(request: TrainRequest, cfg: TrainConfig, resume: bool = False,
     train_pairs, val_pairs = split_pairs(request, cfg.seed)
     prepare_out_dir(out, overwrite, resume)
     cache = request.cache_dir or out / ".target_cache"
-    train_samples = load_samples(train_pairs, cfg.in_channels, cfg.heads, cache, progress)
+    loading = dict(cache_dir=cache, progress=progress, percentiles=cfg.norm_percentiles)
+    train_samples = load_samples(train_pairs, cfg.in_channels, cfg.heads, **loading)
     require_objects(train_samples, request.masks, "training")
-    val_samples = load_samples(val_pairs, cfg.in_channels, cfg.heads, cache, progress)
+    val_samples = load_samples(val_pairs, cfg.in_channels, cfg.heads, **loading)
     require_objects(val_samples, request.val_masks or request.masks, "validation")
     if overwrite and not resume:
         remove_model_files(out)
