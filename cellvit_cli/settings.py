@@ -263,7 +263,7 @@ class TrainConfig:
     norm_percentiles: (low, high) intensity percentiles of each image mapped to 0 and 1,
     written to the model's config.json (`segment` normalises its inputs the same way)."""
 
-    variant: str = "vit_tiny_p16"
+    variant: str = "vit_tiny_p16_s2"
     heads: tuple[str, ...] = HEADS
     n_rays: int = 32
     in_channels: int = 1

@@ -332,3 +332,32 @@ def test_train_cli_norm_percentiles_reach_the_samples_and_the_model_folder(folde
     bad = _train(images, masks, tmp_path / "bad", "--norm-percentiles", "99", "1")
     assert bad.exit_code == 2 and "'--norm-percentiles'" in bad.output
     assert "0 <= LOW < HIGH <= 100" in bad.output
+
+
+def test_train_cli_init_takes_the_models_variant_and_normalisation_unless_given(folders,
+                                                                               tmp_path):
+    """--init without --variant or --norm-percentiles fine-tunes the model as it is (its
+    variant, its percentiles); given ones are kept (and a variant that differs is refused,
+    as above); a name that is no model is a usage error naming --init."""
+    from cellvit_cli.modeling import load_model_folder
+
+    images, masks = folders
+    packed = save_packed_cells_model(tmp_path / "packed")
+    config = json.loads((packed / "config.json").read_text())
+    config["normalization"]["percentiles"] = [0.5, 99.5]
+    (packed / "config.json").write_text(json.dumps(config))
+    args = ["train", "--images", str(images), "--masks", str(masks), "--heads", "star,boundary",
+            "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1", "--crop-size", "64",
+            "--device", "cpu", "--lr", "1e-12", "--init", str(packed)]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "tuned")])
+    assert result.exit_code == 0, result.output
+    tuned = load_model_folder(tmp_path / "tuned").config
+    assert (tuned.variant, tuned.percentiles) == ("vit_tiny_p16", (0.5, 99.5))
+    result = CliRunner().invoke(main, [*args, "--norm-percentiles", "1", "99",
+                                       "-o", str(tmp_path / "given")])
+    assert result.exit_code == 0, result.output
+    assert load_model_folder(tmp_path / "given").config.percentiles == (1.0, 99.0)
+    result = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "nothing"),
+                                       "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "'--init'" in result.output
+    assert "no model folder or shipped model of that name" in result.output

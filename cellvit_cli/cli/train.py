@@ -25,6 +25,24 @@ def _check_variant(variant: str) -> None:
                                  param_hint="'--variant'")
 
 
+def _inherit_from_init(init_model: str, options: dict) -> None:
+    """Fill the options left at their defaults that fine-tuning must share with the
+    `--init` model (its variant and its normalisation) from that model's config.json; a
+    usage error when it is no model."""
+    from click.core import ParameterSource
+
+    from cellvit_cli.modeling.folder import ModelFolderError, read_config, resolve_model
+
+    try:
+        config = read_config(resolve_model(init_model))
+    except ModelFolderError as err:
+        raise click.BadParameter(str(err), param_hint="'--init'") from err
+    ctx = click.get_current_context()
+    for name, value in (("variant", config.variant), ("norm_percentiles", config.percentiles)):
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            options[name] = value
+
+
 def _say(line: str) -> None:
     """A progress line of training, on stderr so that stdout keeps the summary."""
     click.echo(line, err=True)
@@ -53,9 +71,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Model folder to write (config, weights, thresholds, model card, logs).")
 @setting_option(TrainConfig, "--variant", show_default=True,
-                help="vit_nano_p16 (tests), vit_tiny_p16 (CPU), vit_tiny_p16_s2 (heads at "
-                     "stride 2, faster), vit_tiny_p8, vit_small_p16 (GPU); all in "
-                     "docs/training.md, Variants.")
+                help="vit_nano_p16 (tests), vit_tiny_p16_s2 (CPU: maps at stride 2, model "
+                     "v2's), vit_tiny_p16 (model v1's), vit_tiny_p8, vit_small_p16 (GPU); all "
+                     "in docs/training.md, Variants. With --init: that model's.")
 @click.option("--heads", default=",".join(default_of(TrainConfig, "heads")), show_default=True,
               callback=_heads,
               help=f"Comma list of heads to train jointly: {', '.join(HEAD_NAMES)}.")
@@ -76,7 +94,8 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @setting_option(TrainConfig, "--norm-percentiles", type=float, nargs=2, metavar="LOW HIGH",
                 show_default=True,
                 help="Intensity percentiles of each image mapped to 0 and 1 (kept in the "
-                     "model's config.json; segment then normalises the same way).")
+                     "model's config.json; segment then normalises the same way). With "
+                     "--init: that model's.")
 @click.option("--init", "init_model", default=None, metavar="MODEL",
               help="Start from this model folder or shipped model's weights (fine-tuning "
                      "to your images; same variant). Ignored with --resume.")
@@ -122,6 +141,8 @@ def train(resume, overwrite, crop_size, augmentation, **options):
     """
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
+    if options["init_model"] is not None and not resume:
+        _inherit_from_init(options["init_model"], options)
     request = build(TrainRequest, **{f.name: options.pop(f.name) for f in fields(TrainRequest)})
     augment = build(AugmentConfig, **{**asdict(AUGMENTATIONS[augmentation]),
                                       "crop_size": crop_size})
