@@ -16,6 +16,7 @@ from cellvit_cli.inference import (Segmenter, SegmentSettings, segment_array,
 from cellvit_cli.inference.sizing import (MIN_SIDE, clamp_zoom, estimate_zoom,
                                           object_diameters)
 from cellvit_cli.io import read_label_metadata
+from cellvit_cli.modeling import DEFAULT_MODEL
 from cellvit_cli.postprocess import decode
 from cellvit_cli.preprocess import prepare, rescale, resize_labels
 from cellvit_cli.samples import load_nuclei_sample
@@ -195,7 +196,7 @@ def test_segment_default_is_auto_and_diameter_zero_is_the_same(tmp_path, caplog)
     assert 0.35 < float(row["zoom"]) < 0.5 and int(row["cells"]) == runs["default"].max()
     meta = read_label_metadata(tmp_path / "default" / "big_nuclei_labels.tif")
     assert meta["zoom"] == pytest.approx(float(row["zoom"]), abs=1e-4)
-    assert meta["size"] == "auto" and meta["model"] == "nuclei_fluo_tiny"
+    assert meta["size"] == "auto" and meta["model"] == DEFAULT_MODEL
 
 
 def test_block_mode_uses_one_zoom_for_the_whole_image(tmp_path, segmenter):

@@ -301,7 +301,7 @@ def test_train_cli_init_starts_from_a_model_and_refuses_another_variant(folders,
         tuned / "README.md").read_text()
     result = _train(images, masks, tmp_path / "other", "--epochs", "1", "--init", DEFAULT_MODEL)
     assert result.exit_code == 1
-    assert ("cannot start from this model: variant 'vit_tiny_p16' (this run: 'vit_nano_p16')"
+    assert ("cannot start from this model: variant 'vit_tiny_p16_s2' (this run: 'vit_nano_p16')"
             in result.output)
 
 

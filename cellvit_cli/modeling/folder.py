@@ -18,7 +18,7 @@ from cellvit_cli.registry import HEADS
 from cellvit_cli.settings import check_percentiles
 
 FORMAT_VERSION = 1
-DEFAULT_MODEL = "nuclei_fluo_tiny"
+DEFAULT_MODEL = "nuclei_fluo_v2"
 CONFIG_FILE, THRESHOLDS_FILE, WEIGHTS_FILE, CARD_FILE = (
     "config.json", "thresholds.json", "weights.pt", "README.md")
 SCORES_FILE = "scores.json"  # {data set: {mode: {"ap50": .., "ap75": .., "map": .., ...}}}
