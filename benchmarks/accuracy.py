@@ -4,7 +4,7 @@ Each image goes through the network once (tiled and stitched as `cellvit segment
 its maps are decoded by every mode with the model's tuned thresholds and scored against
 the raw ground truth with `cellvit_cli.metrics` (DSB-style AP = TP / (TP + FP + FN)).
 
-    python benchmarks/accuracy.py --model models/nuclei_fluo_tiny \
+    python benchmarks/accuracy.py --model models/nuclei_fluo_v2 \
         --images ../shared/data/dsb2018/test/images --masks ../shared/data/dsb2018/test/masks \
         --ids ../shared/data/dsb2018/splits/test_fluo.txt --name test_fluo --record
 """
