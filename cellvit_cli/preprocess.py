@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellvit_cli.settings import PERCENTILES
+
 SAMPLE_PIXELS = 1 << 22  # percentiles from a strided subsample of ~4 Mpx
 
 
