@@ -248,6 +248,27 @@ def test_train_cli_resume_with_other_settings_is_one_line_error(folders, tmp_pat
     assert (out / "train_config.json").read_text() == before
 
 
+def test_train_cli_resume_takes_the_settings_not_given_from_the_checkpoint(folders, tmp_path):
+    """`train --resume` with only the data options and -o: the variant, heads, crops,
+    augmentation, batch, steps, lr and epochs are the checkpoint's, not the defaults."""
+    images, masks = folders
+    out = tmp_path / "model"
+    first = _train(images, masks, out, "--epochs", "2", "--lr", "0.001", "--augment", "robust",
+                   "--norm-percentiles", "2", "99", "--time-budget", "60")
+    assert first.exit_code == 0, first.output
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    payload["state"]["epoch"], payload["state"]["step"] = 1, 1  # as if stopped after epoch 1
+    torch.save(payload, out / "checkpoint.pt")
+    result = CliRunner().invoke(main, ["train", "--images", str(images), "--masks", str(masks),
+                                       "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "trained 2 epoch(s), 2 steps" in result.output
+    config = torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]
+    assert config == payload["train_config"]
+    assert config["variant"] == "vit_nano_p16" and config["lr"] == 0.001
+    assert config["augment"]["crop_size"] == 64 and config["augment"]["blur_sigma_max"] == 1.5
+
+
 def test_train_cli_refuses_masks_missing_for_images(folders, tmp_path):
     images, masks = folders
     (masks / "n2.tif").unlink()

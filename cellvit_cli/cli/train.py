@@ -43,6 +43,42 @@ def _inherit_from_init(init_model: str, options: dict) -> None:
             options[name] = value
 
 
+def _saved_train_config(out_dir: Path) -> dict:
+    """The train config in OUT/checkpoint.pt ({} when there is none or it cannot be read:
+    the resume itself then says why)."""
+    from cellvit_cli.modeling.folder import ModelFolderError, read_state
+    from cellvit_cli.training.loop import CHECKPOINT_FILE
+
+    try:
+        return read_state(out_dir / CHECKPOINT_FILE).get("train_config") or {}
+    except ModelFolderError:
+        return {}
+
+
+def _inherit_from_checkpoint(out_dir: Path, options: dict, crop_size: int,
+                             augmentation: str) -> dict:
+    """With --resume: fill every TrainConfig option left at its default from the run's
+    checkpoint, so `train --resume -o OUT` needs only the data options; returns the
+    augmentation settings (a dict of AugmentConfig fields) the same way."""
+    from click.core import ParameterSource
+
+    saved = _saved_train_config(out_dir)
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+    for f in fields(TrainConfig):
+        if f.name in saved and f.name != "augment" and not given(f.name):
+            value = saved[f.name]
+            options[f.name] = tuple(value) if isinstance(value, list) else value
+    augment = (asdict(AUGMENTATIONS[augmentation]) if given("augmentation") or "augment" not in saved
+               else dict(saved["augment"]))
+    if given("crop_size") or "crop_size" not in augment:
+        augment["crop_size"] = crop_size
+    return augment
+
+
 def _say(line: str) -> None:
     """A progress line of training, on stderr so that stdout keeps the summary."""
     click.echo(line, err=True)
@@ -118,9 +154,10 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where flow targets are cached (default: OUT/.target_cache).")
 @click.option("--resume", is_flag=True,
-              help="Continue from OUT/checkpoint.pt (with the settings it was trained with; "
-                   "more --epochs, a longer --time-budget, another --val-every, --device "
-                   "or --precision may change).")
+              help="Continue from OUT/checkpoint.pt with the settings it was trained with "
+                   "(options not given are taken from it; more --epochs, a longer "
+                   "--time-budget, another --val-every, --device or --precision may "
+                   "change; the data options are still needed).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the model already in OUT (its card, scores and logs go too).")
 def train(resume, overwrite, crop_size, augmentation, **options):
@@ -143,9 +180,10 @@ def train(resume, overwrite, crop_size, augmentation, **options):
         raise click.UsageError("give --resume or --overwrite, not both")
     if options["init_model"] is not None and not resume:
         _inherit_from_init(options["init_model"], options)
+    augment = ({**asdict(AUGMENTATIONS[augmentation]), "crop_size": crop_size} if not resume
+               else _inherit_from_checkpoint(options["out_dir"], options, crop_size, augmentation))
     request = build(TrainRequest, **{f.name: options.pop(f.name) for f in fields(TrainRequest)})
-    augment = build(AugmentConfig, **{**asdict(AUGMENTATIONS[augmentation]),
-                                      "crop_size": crop_size})
+    augment = build(AugmentConfig, **augment)
     cfg = build(TrainConfig, augment=augment, **options)
     _check_variant(cfg.variant)
     from cellvit_cli.training.finish import report_lines
