@@ -32,6 +32,9 @@ VARIANTS: dict[str, Variant] = {
     # ... heads at stride 2 on 32 channels, no stride-1 convolution at all.
     "vit_tiny_p16_s2": Variant(16, 192, 8, 3, (3, 5, 7), (32, 64, 96), 2, False),
     "vit_tiny_p16_s2_shared": Variant(16, 192, 8, 3, (3, 5, 7), (32, 64, 96), 2, True),
+    # Lighter still (issue 11, third round): heads at stride 4, and 6 blocks instead of 8.
+    "vit_tiny_p16_s4": Variant(16, 192, 8, 3, (3, 5, 7), (64, 96), 4, False),
+    "vit_tiny_p16_s4_d6": Variant(16, 192, 6, 3, (1, 3, 5), (64, 96), 4, False),
     # Finer tokens, slower: for small objects.
     "vit_tiny_p8": Variant(8, 192, 8, 3, (3, 5, 7), (32, 48, 96)),
     # For a GPU: ~25 M parameters.

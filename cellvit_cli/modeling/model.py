@@ -13,8 +13,9 @@ class CellViT(nn.Module):
 
     forward: (B, C, H, W) float32, H and W multiples of `size_multiple` ->
     {head: raw output (B, C_head, H, W)}; `modeling.activate` turns these into maps.
-    With `head_stride` 2 the decoder stops at stride 2, the heads predict there and their
-    raw outputs are upsampled bilinearly to (H, W) (StarDist predicts on a grid of 2 too).
+    With `head_stride` s > 1 (2 or 4) the decoder stops at stride s, the heads predict there
+    and their raw outputs are upsampled bilinearly to (H, W) (StarDist predicts on a grid of
+    2 too).
     """
 
     def __init__(self, encoder: ViTEncoder, stem: ConvStem, decoder: UNetDecoder,
