@@ -15,6 +15,7 @@ weights frozen as constants), the two timed alternately, and the seconds compili
 """
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -54,11 +55,18 @@ def parts(model, x: torch.Tensor) -> dict:
             "network": lambda: model(x)}
 
 
+@contextlib.contextmanager
+def inference(dtype):
+    """`torch.inference_mode` with CPU autocast to `dtype` (None: fp32, no autocast)."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
+                                                enabled=dtype is not None):
+        yield
+
+
 def measure(variant: str, x: torch.Tensor, dtype, repeats: int) -> dict:
     """{part: seconds} of one variant at one precision (dtype None: fp32)."""
     model = build_model(variant, HEADS).eval()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
-                                                enabled=dtype is not None):
+    with inference(dtype):
         return {name: timed(fn, repeats) for name, fn in parts(model, x).items()}
 
 
@@ -66,8 +74,7 @@ def compiled_against_eager(variant: str, x: torch.Tensor, dtype, repeats: int) -
     """Median seconds of the whole network eager and compiled, timed alternately, and the
     seconds of the first compiled call (compiling)."""
     model = build_model(variant, HEADS).eval()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
-                                                enabled=dtype is not None):
+    with inference(dtype):
         compiled = torch.compile(model, dynamic=False, options={"freezing": True})
         start = time.perf_counter()
         compiled(x)

@@ -29,18 +29,24 @@ def _inherit_from_init(init_model: str, options: dict) -> None:
     """Fill the options left at their defaults that fine-tuning must share with the
     `--init` model (its variant and its normalisation) from that model's config.json; a
     usage error when it is no model."""
-    from click.core import ParameterSource
-
     from cellvit_cli.modeling.folder import ModelFolderError, read_config, resolve_model
 
     try:
         config = read_config(resolve_model(init_model))
     except ModelFolderError as err:
         raise click.BadParameter(str(err), param_hint="'--init'") from err
-    ctx = click.get_current_context()
     for name, value in (("variant", config.variant), ("norm_percentiles", config.percentiles)):
-        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+        if not _given(name):
             options[name] = value
+
+
+def _given(name: str) -> bool:
+    """Whether the command line (or the environment) set the parameter `name`; False for
+    one left at its default, and for a name that is no parameter of the command."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT)
 
 
 def _saved_train_config(out_dir: Path) -> dict:
@@ -60,21 +66,14 @@ def _inherit_from_checkpoint(out_dir: Path, options: dict, crop_size: int,
     """With --resume: fill every TrainConfig option left at its default from the run's
     checkpoint, so `train --resume -o OUT` needs only the data options; returns the
     augmentation settings (a dict of AugmentConfig fields) the same way."""
-    from click.core import ParameterSource
-
     saved = _saved_train_config(out_dir)
-    ctx = click.get_current_context()
-
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
-
     for f in fields(TrainConfig):
-        if f.name in saved and f.name != "augment" and not given(f.name):
+        if f.name in saved and f.name != "augment" and not _given(f.name):
             value = saved[f.name]
             options[f.name] = tuple(value) if isinstance(value, list) else value
-    augment = (asdict(AUGMENTATIONS[augmentation]) if given("augmentation") or "augment" not in saved
-               else dict(saved["augment"]))
-    if given("crop_size") or "crop_size" not in augment:
+    augment = (dict(saved["augment"]) if "augment" in saved and not _given("augmentation")
+               else asdict(AUGMENTATIONS[augmentation]))
+    if _given("crop_size") or "crop_size" not in augment:
         augment["crop_size"] = crop_size
     return augment
 
