@@ -297,10 +297,11 @@ def test_train_cli_takes_multichannel_images(folders, tmp_path):
     assert loaded.model.encoder.patch_embed.in_channels == 2
 
 
-def test_train_cli_init_starts_from_a_model_and_refuses_another_variant(folders, tmp_path):
+def test_train_cli_init_starts_from_a_model_and_refuses_a_foreign_variant(folders, tmp_path):
     """--init: with a learning rate too small to move anything, the fine-tuned weights are
     the starting model's (a model whose star head was set by hand, see conftest), a head it
-    lacks starts untrained (and the log says so); another variant is a one-line error."""
+    lacks starts untrained (and the log says so); a variant that shares no weight is a
+    one-line error."""
     from cellvit_cli.modeling import load_model_folder
 
     images, masks = folders
@@ -322,8 +323,30 @@ def test_train_cli_init_starts_from_a_model_and_refuses_another_variant(folders,
         tuned / "README.md").read_text()
     result = _train(images, masks, tmp_path / "other", "--epochs", "1", "--init", DEFAULT_MODEL)
     assert result.exit_code == 1
-    assert ("cannot start from this model: variant 'vit_tiny_p16_s2' (this run: 'vit_nano_p16')"
-            in result.output)
+    assert ("cannot start from this model: variant 'vit_tiny_p16_s2' shares no weights with "
+            "'vit_nano_p16'" in result.output)
+
+
+def test_train_cli_init_from_another_variant_loads_the_shared_tensors(folders, tmp_path):
+    """--init model v2 into the lighter vit_tiny_p16_s4_d6: every tensor they share by name
+    and shape is v2's (the first six blocks among them), the rest start untrained and the
+    log counts them."""
+    from cellvit_cli.modeling import load_model_folder
+
+    images, masks = folders
+    out = tmp_path / "warm"
+    result = CliRunner().invoke(main, [
+        "train", "--images", str(images), "--masks", str(masks), "--variant",
+        "vit_tiny_p16_s4_d6", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1",
+        "--crop-size", "64", "--device", "cpu", "--lr", "1e-12", "--init", DEFAULT_MODEL,
+        "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "49 of 143 tensors untrained (from variant 'vit_tiny_p16_s2')" in result.output
+    start, end = (load_model_folder(f).model.state_dict() for f in (DEFAULT_MODEL, out))
+    shared = [k for k in end if k in start and start[k].shape == end[k].shape]
+    assert len(shared) == 94 and "encoder.blocks.5.attn.qkv.weight" in shared
+    assert all(torch.allclose(start[k].float(), end[k].float(), atol=1e-6) for k in shared
+               if "running" not in k and "num_batches" not in k)
 
 
 def test_train_cli_robust_augmentation_is_recorded(folders, tmp_path):

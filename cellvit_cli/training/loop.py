@@ -103,23 +103,36 @@ class Trainer:
             normalization={"percentiles": list(cfg.norm_percentiles)},
             median_diameter=round(median_diameter(train_samples), 2))
 
-    def start_from(self, name_or_path) -> list[str]:
-        """Start from the weights of a model folder or shipped model (fine-tuning): every
-        part of the network, and each head the model has. Returns the heads it lacks (they
-        start untrained); ValueError when its variant, channels or rays differ."""
+    def start_from(self, name_or_path) -> str:
+        """Start from the weights of a model folder or shipped model: every part of the
+        network, and each head the model has (fine-tuning). From another variant (a warm
+        start of a lighter network) only the tensors whose name and shape it shares.
+        Returns what starts untrained ('' when nothing): 'untrained head(s): flow' or, from
+        another variant, 'N of M tensors untrained (from variant V)'; ValueError when its
+        channels or rays differ, or it shares no weight matrix or kernel."""
         from cellvit_cli.modeling import load_model_folder
 
         loaded = load_model_folder(name_or_path)
         theirs, ours = loaded.config, self.model_config
         differ = [f"{name} {getattr(theirs, name)!r} (this run: {getattr(ours, name)!r})"
-                  for name in ("variant", "in_channels", "n_rays")
+                  for name in ("in_channels", "n_rays")
                   if getattr(theirs, name) != getattr(ours, name)]
         if differ:
             raise ValueError(f"{loaded.path}: cannot start from this model: {', '.join(differ)}")
         state = {k: v for k, v in loaded.model.state_dict().items()
                  if not k.startswith("heads.") or k.split(".")[1] in self.cfg.heads}
-        self.model.load_state_dict(state, strict=False)
-        return [h for h in self.cfg.heads if h not in theirs.heads]
+        if theirs.variant == ours.variant:
+            self.model.load_state_dict(state, strict=False)
+            untrained = [h for h in self.cfg.heads if h not in theirs.heads]
+            return f"untrained head(s): {', '.join(untrained)}" if untrained else ""
+        own = self.model.state_dict()
+        shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not any(v.dim() > 1 for v in shared.values()):  # a bias or a counter is no start
+            raise ValueError(f"{loaded.path}: cannot start from this model: variant "
+                             f"{theirs.variant!r} shares no weights with {ours.variant!r}")
+        self.model.load_state_dict(shared, strict=False)
+        return (f"{len(own) - len(shared)} of {len(own)} tensors untrained "
+                f"(from variant {theirs.variant!r})")
 
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One epoch of steps; returns mean losses {'loss': .., '<head>_loss': ..}."""

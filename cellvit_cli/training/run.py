@@ -152,7 +152,7 @@ def _start_from(trainer: Trainer, init_model: str, log: Callable[[str], None] | 
     """Load the weights of `init_model` into the trainer's model and say so."""
     untrained = trainer.start_from(init_model)
     if log is not None:
-        extra = f"; untrained head(s): {', '.join(untrained)}" if untrained else ""
+        extra = f"; {untrained}" if untrained else ""
         log(f"starting from the weights of {init_model}{extra}")
 
 
