@@ -133,7 +133,7 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
                      "--init: that model's.")
 @click.option("--init", "init_model", default=None, metavar="MODEL",
               help="Start from this model folder or shipped model's weights (fine-tuning "
-                     "to your images). With another --variant: the weights it shares by name "
+                   "to your images). With another --variant: the weights it shares by name "
                    "and shape (a warm start). Ignored with --resume.")
 @setting_option(TrainConfig, "--lr", type=float, show_default=True,
                 help="Peak learning rate (AdamW; warm-up, then cosine decay).")

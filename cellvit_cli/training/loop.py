@@ -121,18 +121,18 @@ class Trainer:
             raise ValueError(f"{loaded.path}: cannot start from this model: {', '.join(differ)}")
         state = {k: v for k, v in loaded.model.state_dict().items()
                  if not k.startswith("heads.") or k.split(".")[1] in self.cfg.heads}
-        if theirs.variant == ours.variant:
-            self.model.load_state_dict(state, strict=False)
-            untrained = [h for h in self.cfg.heads if h not in theirs.heads]
-            return f"untrained head(s): {', '.join(untrained)}" if untrained else ""
         own = self.model.state_dict()
         shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if not any(v.dim() > 1 for v in shared.values()):  # a bias or a counter is no start
+        another = theirs.variant != ours.variant
+        if another and not any(v.dim() > 1 for v in shared.values()):  # biases, counters
             raise ValueError(f"{loaded.path}: cannot start from this model: variant "
                              f"{theirs.variant!r} shares no weights with {ours.variant!r}")
         self.model.load_state_dict(shared, strict=False)
-        return (f"{len(own) - len(shared)} of {len(own)} tensors untrained "
-                f"(from variant {theirs.variant!r})")
+        if another:
+            return (f"{len(own) - len(shared)} of {len(own)} tensors untrained "
+                    f"(from variant {theirs.variant!r})")
+        untrained = [h for h in self.cfg.heads if h not in theirs.heads]
+        return f"untrained head(s): {', '.join(untrained)}" if untrained else ""
 
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One epoch of steps; returns mean losses {'loss': .., '<head>_loss': ..}."""
